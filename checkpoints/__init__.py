@@ -1,0 +1,1 @@
+"""Postgres persistence: embedded server, connection pool, saver and migrations."""

@@ -1,0 +1,37 @@
+"""Open Warden's Postgres checkpoint saver: the one the CLI, embedding and the server use."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from checkpoints.embedded import embedded_url
+from checkpoints.migrations import ensure_migrated, migrate
+from checkpoints.pool import open_pool
+
+
+def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str, bool]:
+    """Return the database URL and whether it is the embedded server."""
+    if database_url:
+        return database_url, False
+    return embedded_url(data_dir), True
+
+
+@asynccontextmanager
+async def open_saver(
+    url: str,
+    *,
+    auto_migrate: bool,
+    prepare_threshold: int | None = 5,
+    max_size: int = 10,
+) -> AsyncIterator[AsyncPostgresSaver]:
+    """Yield an AsyncPostgresSaver over a pool; migrate first or check it was migrated."""
+    async with open_pool(url, prepare_threshold=prepare_threshold, max_size=max_size) as pool:
+        if auto_migrate:
+            await migrate(pool)
+        else:
+            await ensure_migrated(pool)
+        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]

@@ -1,0 +1,78 @@
+"""Assemble the Warden graph: five nodes, budget- and loop-aware routing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.models import make_model_factory
+from graph.routing import route_after_approve, route_after_observe, route_after_plan
+from graph.state import InputState, State
+from nodes.act import make_act_node
+from nodes.approve import make_approve_node
+from nodes.halt import make_halt_node
+from nodes.observe import observe
+from nodes.plan import ModelFactory, make_plan_node
+from tools.registry import ToolRegistry, ToolSpec
+
+ToolLike = ToolSpec | BaseTool | Callable[..., Any]
+
+
+def build_graph(
+    *,
+    model: BaseChatModel | None = None,
+    tools: ToolRegistry | Iterable[ToolLike] = (),
+    model_factory: ModelFactory | None = None,
+) -> StateGraph[State, Context, InputState, State]:
+    """Return the uncompiled Warden graph.
+
+    `model` is used unless a run's context names another (`Context.model`), which
+    `model_factory` resolves (default: `scripted:PATH` or `init_chat_model`). Budgets,
+    loop thresholds and policy come from the run's `Context`.
+    """
+    registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
+    tiers = registry.tiers()
+    builder = StateGraph(State, context_schema=Context, input_schema=InputState)
+    builder.add_node(
+        "plan",
+        make_plan_node(
+            model=model, model_factory=model_factory or make_model_factory(), tools=registry
+        ),
+    )
+    builder.add_node("approve", make_approve_node(registry))
+    builder.add_node("act", make_act_node(registry))
+    builder.add_node("observe", observe)
+    builder.add_node("halt", make_halt_node(registry))
+
+    def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
+        return route_after_plan(state, runtime.context, tiers)
+
+    def after_approve(state: State, runtime: Runtime[Context]) -> Literal["act", "plan", "halt"]:
+        return route_after_approve(state, runtime.context)
+
+    def after_observe(state: State, runtime: Runtime[Context]) -> Literal["plan", "halt"]:
+        return route_after_observe(state, runtime.context)
+
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", after_plan)
+    builder.add_conditional_edges("approve", after_approve)
+    builder.add_edge("act", "observe")
+    builder.add_conditional_edges("observe", after_observe)
+    builder.add_edge("halt", END)
+    return builder
+
+
+def compile_graph(
+    builder: StateGraph[State, Context, InputState, State],
+    checkpointer: BaseCheckpointSaver[Any] | None,
+) -> CompiledStateGraph[State, Context, InputState, State]:
+    """Compile a Warden graph with a checkpointer (None for the LangGraph server)."""
+    return builder.compile(checkpointer=checkpointer, name="warden")

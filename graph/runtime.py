@@ -1,0 +1,333 @@
+"""The runtime API over Postgres: start, resume, cancel and inspect runs.
+
+The CLI and the demo are thin layers over this; an app can use it too. Each run's
+configuration (its Context and workspace) is stored in `warden_threads`, so a run
+resumed in another process keeps exactly the budgets it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.errors import is_invalid_resume
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+from pydantic import TypeAdapter, ValidationError
+
+from checkpoints.saver import open_saver, resolve_database_url
+from graph.builder import build_graph, compile_graph
+from graph.context import Context
+from graph.errors import BadInput
+from graph.hitl import first_error
+from graph.models import make_model_factory
+from graph.settings import Settings
+from graph.state import StopSignal, empty_usage
+from nodes.plan import ModelFactory
+from tools.builtin import default_tools
+
+Status = Literal["completed", "halted", "awaiting_approval", "error", "in_progress"]
+EXIT_CODES: dict[Status, int] = {
+    "completed": 0,
+    "halted": 3,
+    "awaiting_approval": 4,
+    "error": 1,
+    "in_progress": 1,
+}
+Progress = Callable[[str, dict[str, Any], Context], None]
+_CONTEXT = TypeAdapter(Context)
+
+
+@dataclass
+class RunOutcome:
+    """Where a thread stands: the `--json` contract of the CLI."""
+
+    thread_id: str
+    status: Status
+    halt_reason: str | None
+    halt_detail: str | None
+    final_answer: str | None
+    usage: dict[str, Any]
+    budgets: dict[str, Any]
+    pending_approval: dict[str, Any] | None
+    warnings: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        """Return the CLI exit code for this outcome."""
+        return EXIT_CODES[self.status]
+
+    def as_json(self) -> dict[str, Any]:
+        """Return the JSON object printed by `--json`."""
+        return asdict(self)
+
+
+def outcome_of(thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutcome:
+    """Derive a thread's status from its latest checkpoint."""
+    values = snapshot.values or {}
+    pending = snapshot.interrupts[0].value if snapshot.interrupts else None
+    reason = values.get("halt_reason")
+    detail = values.get("halt_detail")
+    status: Status
+    if pending is not None:
+        status = "awaiting_approval"
+    elif snapshot.next:
+        status = "in_progress"
+    else:
+        if reason is None:
+            # Ended without passing through halt, e.g. "Mark as resolved" in Agent Chat UI.
+            reason, detail = "cancelled", "the thread was ended without a halt"
+        status = "completed" if reason == "completed" else "error" if reason == "error" else "halted"
+    return RunOutcome(
+        thread_id=thread_id,
+        status=status,
+        halt_reason=reason if status != "in_progress" and pending is None else None,
+        halt_detail=detail if status != "in_progress" and pending is None else None,
+        final_answer=values.get("final_answer"),
+        usage=dict(values.get("usage") or empty_usage()),
+        budgets=ctx.budgets(),
+        pending_approval=pending,
+        warnings=list(values.get("budget_warnings") or []),
+    )
+
+
+def message_record(message: BaseMessage) -> dict[str, Any]:
+    """Return a JSON-friendly view of one message for `history`."""
+    record: dict[str, Any] = {"type": message.type, "content": message.text}
+    if isinstance(message, AIMessage) and message.tool_calls:
+        record["tool_calls"] = [
+            {"id": c["id"], "name": c["name"], "args": c["args"]} for c in message.tool_calls
+        ]
+    if isinstance(message, ToolMessage):
+        record |= {"tool_call_id": message.tool_call_id, "name": message.name, "status": message.status}
+    if message.name and not isinstance(message, ToolMessage):
+        record["name"] = message.name
+    return record
+
+
+class Warden:
+    """Run, resume, cancel and inspect threads over one Postgres saver."""
+
+    def __init__(
+        self,
+        saver: AsyncPostgresSaver,
+        *,
+        outbox: Path,
+        model_factory: ModelFactory,
+        progress: Progress | None = None,
+    ) -> None:
+        self.saver = saver
+        self.outbox = outbox
+        self.model_factory = model_factory
+        self.progress = progress
+        self._graphs: dict[Path, CompiledStateGraph[Any, Any, Any, Any]] = {}
+
+    def graph(self, workspace: Path) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """Return the compiled graph whose tools are confined to `workspace`."""
+        if workspace not in self._graphs:
+            builder = build_graph(
+                tools=default_tools(workspace, self.outbox), model_factory=self.model_factory
+            )
+            self._graphs[workspace] = compile_graph(builder, self.saver)
+        return self._graphs[workspace]
+
+    @staticmethod
+    def config(thread_id: str, ctx: Context) -> dict[str, Any]:
+        """Return the LangGraph config for a thread, with the recursion limit from the budget."""
+        return {"configurable": {"thread_id": thread_id}, "recursion_limit": ctx.recursion_limit()}
+
+    async def _stored(self, thread_id: str) -> tuple[Context, Path] | None:
+        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+            row = await (
+                await conn.execute(
+                    "SELECT context, workspace FROM warden_threads WHERE thread_id = %s",
+                    (thread_id,),
+                )
+            ).fetchone()
+        if row is None:
+            return None
+        return _CONTEXT.validate_python(row["context"]), Path(row["workspace"])
+
+    async def _snapshot(self, thread_id: str, ctx: Context, workspace: Path) -> StateSnapshot:
+        return await self.graph(workspace).aget_state(self.config(thread_id, ctx))
+
+    async def _load(self, thread_id: str) -> tuple[Context, Path, StateSnapshot]:
+        stored = await self._stored(thread_id)
+        if stored is None:
+            raise BadInput(f"unknown thread {thread_id!r}: no run with this id in the database")
+        ctx, workspace = stored
+        return ctx, workspace, await self._snapshot(thread_id, ctx, workspace)
+
+    async def _drive(
+        self, thread_id: str, ctx: Context, workspace: Path, payload: Any
+    ) -> RunOutcome:
+        graph = self.graph(workspace)
+        config = self.config(thread_id, ctx)
+        async for chunk in graph.astream(
+            payload, config, context=ctx, stream_mode="updates", durability="sync"
+        ):
+            for node, update in chunk.items():
+                if self.progress and node != "__interrupt__" and isinstance(update, dict):
+                    self.progress(node, update, ctx)
+        return outcome_of(thread_id, await graph.aget_state(config), ctx)
+
+    async def run(
+        self, task: str, *, context: Context, workspace: Path, thread_id: str | None = None
+    ) -> RunOutcome:
+        """Start a run (a new thread, or a follow-up on a thread whose last run ended)."""
+        if not task.strip():
+            raise BadInput("the task is empty")
+        if len(task) > context.max_task_chars:
+            raise BadInput(
+                f"task is {len(task)} characters; the limit is {context.max_task_chars} "
+                "(max_task_chars)"
+            )
+        if context.model is None:
+            raise BadInput("no model configured")
+        self.model_factory(context.model)  # a bad model string fails before anything is stored
+        thread_id = thread_id or str(uuid.uuid4())
+        stored = await self._stored(thread_id)
+        if stored is not None:
+            current = outcome_of(thread_id, await self._snapshot(thread_id, *stored), stored[0])
+            if current.status in ("awaiting_approval", "in_progress"):
+                raise BadInput(
+                    f"thread {thread_id} has a run that has not ended ({current.status}); "
+                    f"use `warden resume {thread_id}`"
+                )
+        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+            await conn.execute(
+                """
+                INSERT INTO warden_threads (thread_id, task, context, workspace)
+                VALUES (%s, %s, %s, %s)
+                ON CONFLICT (thread_id) DO UPDATE
+                SET task = EXCLUDED.task, context = EXCLUDED.context,
+                    workspace = EXCLUDED.workspace, updated_at = now()
+                """,
+                (
+                    thread_id,
+                    task,
+                    json.dumps(_CONTEXT.dump_python(context, mode="json")),
+                    str(workspace),
+                ),
+            )
+        return await self._drive(thread_id, context, workspace, {"task": task})
+
+    async def resume(
+        self, thread_id: str, *, decisions: dict[str, Any] | None = None
+    ) -> RunOutcome:
+        """Answer a pending approval, or continue a run that stopped mid-way."""
+        ctx, workspace, snapshot = await self._load(thread_id)
+        current = outcome_of(thread_id, snapshot, ctx)
+        if current.status == "awaiting_approval":
+            if decisions is None:
+                return current
+            try:
+                return await self._drive(thread_id, ctx, workspace, Command(resume=decisions))
+            except ValidationError as exc:
+                if is_invalid_resume(exc):
+                    raise BadInput(f"decisions refused: {first_error(exc)}") from None
+                raise
+        if decisions is not None:
+            raise BadInput(
+                f"thread {thread_id} is not awaiting approval (status: {current.status})"
+            )
+        if current.status != "in_progress":
+            raise BadInput(
+                f"thread {thread_id} already ended ({current.halt_reason}); "
+                f"start a new run with `warden run --thread-id {thread_id} TASK`"
+            )
+        return await self._drive(thread_id, ctx, workspace, None)
+
+    async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
+        """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
+        ctx, workspace, snapshot = await self._load(thread_id)
+        current = outcome_of(thread_id, snapshot, ctx)
+        if current.status not in ("awaiting_approval", "in_progress"):
+            raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
+        graph = self.graph(workspace)
+        config = self.config(thread_id, ctx)
+        # Written as if `approve` ran: its router sends a stopped run to `halt`.
+        await graph.aupdate_state(
+            config, {"stop": StopSignal(reason="cancelled", detail=reason)}, as_node="approve"
+        )
+        return await self._drive(thread_id, ctx, workspace, None)
+
+    async def status(self, thread_id: str) -> RunOutcome:
+        """Return where a thread stands."""
+        ctx, _, snapshot = await self._load(thread_id)
+        return outcome_of(thread_id, snapshot, ctx)
+
+    async def history(self, thread_id: str) -> dict[str, Any]:
+        """Return a thread's messages, human decisions and checkpoints."""
+        ctx, workspace, snapshot = await self._load(thread_id)
+        checkpoints = [
+            {
+                "checkpoint_id": t.config["configurable"]["checkpoint_id"],
+                "step": t.metadata.get("step"),
+                "source": t.metadata.get("source"),
+                "ts": t.checkpoint.get("ts"),
+            }
+            async for t in self.saver.alist(self.config(thread_id, ctx))
+        ]
+        values = snapshot.values or {}
+        return {
+            "thread_id": thread_id,
+            "objective": values.get("objective"),
+            "messages": [message_record(m) for m in values.get("messages", [])],
+            "approvals": list(values.get("approvals") or []),
+            "warnings": list(values.get("budget_warnings") or []),
+            "report": values.get("report"),
+            "checkpoints": checkpoints[::-1],
+        }
+
+    async def threads(self, limit: int = 50) -> list[dict[str, Any]]:
+        """List recent threads started through the runtime, newest first."""
+        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+            rows = await (
+                await conn.execute(
+                    "SELECT thread_id, task, created_at, updated_at FROM warden_threads "
+                    "ORDER BY updated_at DESC LIMIT %s",
+                    (limit,),
+                )
+            ).fetchall()
+        listed = []
+        for row in rows:
+            result = await self.status(row["thread_id"])
+            listed.append(
+                {
+                    "thread_id": row["thread_id"],
+                    "task": row["task"],
+                    "status": result.status,
+                    "halt_reason": result.halt_reason,
+                    "created_at": row["created_at"].isoformat(),
+                    "updated_at": row["updated_at"].isoformat(),
+                }
+            )
+        return listed
+
+
+@asynccontextmanager
+async def open_warden(settings: Settings, *, progress: Progress | None = None) -> AsyncIterator[Warden]:
+    """Open the runtime: database (embedded unless configured), pool, saver, models."""
+    url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
+    async with open_saver(
+        url,
+        auto_migrate=embedded,
+        prepare_threshold=settings.prepare_threshold,
+        max_size=settings.pool_max_size,
+    ) as saver:
+        yield Warden(
+            saver,
+            outbox=settings.data_dir / "outbox",
+            model_factory=make_model_factory(
+                base_url=settings.openai_base_url, api_key=settings.openai_api_key
+            ),
+            progress=progress,
+        )

@@ -1,0 +1,167 @@
+"""Settings from the environment and the TOML config file, read once at the entry point."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_path
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graph.context import Context
+from graph.errors import ConfigError
+from graph.policy import Tier
+from graph.pricing import ModelPrice
+
+
+class Settings(BaseSettings):
+    """Process-wide settings: where the database is, default model, provider endpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="WARDEN_", extra="ignore")
+
+    database_url: str | None = Field(default=None, description="Postgres URL; unset = embedded.")
+    data_dir: Path = Field(
+        default_factory=lambda: user_data_path("warden"),
+        description="Where the embedded Postgres and the local outbox live.",
+    )
+    model: str | None = Field(default=None, description="Default model string.")
+    prepare_threshold: int | None = Field(
+        default=5, description="psycopg prepare threshold; `none` for PgBouncer."
+    )
+    pool_max_size: int = Field(default=10, ge=1)
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "WARDEN_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "WARDEN_OPENAI_BASE_URL")
+    )
+
+    @field_validator("prepare_threshold", mode="before")
+    @classmethod
+    def _none_word(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
+
+    @field_validator("database_url", "model", "openai_base_url", "openai_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, with a one-line error for a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(
+            f"environment setting {'.'.join(map(str, err['loc']))}: {err['msg']}"
+        ) from None
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BudgetsTable(_Table):
+    max_steps: int | None = None
+    max_tool_calls: int | None = None
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    max_seconds: float | None = None
+    soft_threshold: float | None = None
+    per_tool: dict[str, int] = Field(default_factory=dict)
+
+
+class LoopTable(_Table):
+    repeat_threshold: int | None = None
+    cycle_repeats: int | None = None
+    error_repeats: int | None = None
+    observation_repeats: int | None = None
+    window: int | None = None
+
+
+class PolicyTable(_Table):
+    ask_tiers: list[Tier] | None = None
+    deny_tiers: list[Tier] | None = None
+    tiers: dict[str, Tier] = Field(default_factory=dict)
+    allowed_tools: list[str] | None = None
+    max_rejections: int | None = None
+
+
+class ConfigFile(_Table):
+    """The `--config` TOML file. Every key is optional; CLI flags override it."""
+
+    model: str | None = None
+    base_url: str | None = None
+    workspace: Path | None = None
+    tenant: str | None = None
+    system_prompt: str | None = None
+    max_task_chars: int | None = None
+    budgets: BudgetsTable = Field(default_factory=BudgetsTable)
+    loop: LoopTable = Field(default_factory=LoopTable)
+    policy: PolicyTable = Field(default_factory=PolicyTable)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    def context_fields(self) -> dict[str, Any]:
+        """Return the Context fields this file sets."""
+        b, lp, p = self.budgets, self.loop, self.policy
+        fields: dict[str, Any] = {
+            "max_steps": b.max_steps,
+            "max_tool_calls": b.max_tool_calls,
+            "max_tokens": b.max_tokens,
+            "max_cost": b.max_cost,
+            "max_seconds": b.max_seconds,
+            "soft_threshold": b.soft_threshold,
+            "max_tool_calls_per_tool": b.per_tool or None,
+            "loop_repeat_threshold": lp.repeat_threshold,
+            "loop_cycle_repeats": lp.cycle_repeats,
+            "loop_error_repeats": lp.error_repeats,
+            "loop_observation_repeats": lp.observation_repeats,
+            "loop_window": lp.window,
+            "ask_tiers": tuple(p.ask_tiers) if p.ask_tiers is not None else None,
+            "deny_tiers": tuple(p.deny_tiers) if p.deny_tiers is not None else None,
+            "tier_overrides": p.tiers or None,
+            "allowed_tools": tuple(p.allowed_tools) if p.allowed_tools is not None else None,
+            "max_rejections": p.max_rejections,
+            "prices": self.prices or None,
+            "tenant": self.tenant,
+            "system_prompt": self.system_prompt,
+            "max_task_chars": self.max_task_chars,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def load_config_file(path: Path | None) -> ConfigFile:
+    """Read and validate a TOML config file (an empty config when no path is given)."""
+    if path is None:
+        return ConfigFile()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        config = ConfigFile.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(
+            f"config file {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
+        ) from None
+    if config.workspace is not None and not config.workspace.is_absolute():
+        config = config.model_copy(update={"workspace": (path.parent / config.workspace).resolve()})
+    return config
+
+
+def make_context(fields: dict[str, Any]) -> Context:
+    """Build a Context, turning validation errors into one-line ConfigErrors."""
+    try:
+        return Context(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise ConfigError(f"invalid setting {where}: {err['msg']}") from None

@@ -1,0 +1,183 @@
+"""The checkpointed state of a Warden run.
+
+This module sits at the bottom of the project: it imports nothing from `graph`,
+`nodes`, `tools` or `checkpoints`, so every layer can import it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from typing_extensions import NotRequired, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.channels import DeltaChannel
+from langgraph.graph.message import Messages, add_messages
+
+HaltReason = Literal[
+    "completed",
+    "max_steps",
+    "max_tool_calls",
+    "max_tokens",
+    "max_cost",
+    "max_seconds",
+    "loop",
+    "rejected",
+    "cancelled",
+    "error",
+]
+HALT_REASONS: tuple[HaltReason, ...] = HaltReason.__args__  # type: ignore[attr-defined]
+
+
+def add_messages_batch(current: list[AnyMessage], batches: Sequence[Messages]) -> list[AnyMessage]:
+    """Fold a batch of message writes into the history, as `add_messages` would one by one."""
+    for batch in batches:
+        current = add_messages(current, batch)  # type: ignore[assignment]
+    return current
+
+
+class Usage(TypedDict):
+    """What one run has consumed; every budget is checked against these counters."""
+
+    steps: int
+    """Graph node executions in this run."""
+    model_calls: int
+    """Model calls in this run (the `max_steps` budget)."""
+    tool_calls: int
+    """Tool calls started in this run, refused ones excluded."""
+    tool_calls_by_name: dict[str, int]
+    """Tool calls started, per tool name."""
+    input_tokens: int
+    """Prompt tokens reported by the model (or estimated)."""
+    output_tokens: int
+    """Completion tokens reported by the model (or estimated)."""
+    cost_usd: float
+    """Cost from the price table."""
+    active_seconds: float
+    """Time spent inside nodes; time waiting for a human is not counted."""
+    last_input_tokens: int
+    """Prompt size of the latest model call, used to project the next call."""
+    rejections: int
+    """Tool calls rejected by a reviewer in this run."""
+
+
+def empty_usage() -> Usage:
+    """Return zeroed usage counters."""
+    return Usage(
+        steps=0,
+        model_calls=0,
+        tool_calls=0,
+        tool_calls_by_name={},
+        input_tokens=0,
+        output_tokens=0,
+        cost_usd=0.0,
+        active_seconds=0.0,
+        last_input_tokens=0,
+        rejections=0,
+    )
+
+
+def add_usage(current: Usage | None, delta: Usage | dict[str, Any]) -> Usage:
+    """Add a partial usage delta to the counters, returning a new dict."""
+    base = dict(current or empty_usage())
+    for key, value in delta.items():
+        if key == "tool_calls_by_name":
+            merged = dict(base.get(key) or {})
+            for name, count in value.items():
+                merged[name] = merged.get(name, 0) + count
+            base[key] = merged
+        elif key == "last_input_tokens":
+            base[key] = value
+        else:
+            base[key] = base.get(key, 0) + value
+    return base  # type: ignore[return-value]
+
+
+class LoopState(TypedDict):
+    """Sliding windows of recent activity and the loop detector's strikes."""
+
+    calls: list[str]
+    """Fingerprints of recent tool calls (name + canonical arguments), oldest first."""
+    errors: list[str]
+    """Fingerprints of recent tool errors."""
+    observations: list[str]
+    """Fingerprints of recent tool results."""
+    strikes: int
+    """Loops detected so far in this run; the first gets a corrective message."""
+    last: str | None
+    """Description of the latest detection."""
+
+
+def empty_loop_state() -> LoopState:
+    """Return a loop state with nothing seen yet."""
+    return LoopState(calls=[], errors=[], observations=[], strikes=0, last=None)
+
+
+class StopSignal(TypedDict):
+    """A node's request to end the run for a reason that is not a budget."""
+
+    reason: HaltReason
+    """Halt reason to record."""
+    detail: str
+    """Human-readable explanation."""
+
+
+class ApprovalRecord(TypedDict):
+    """One human decision on one tool call."""
+
+    tool_call_id: str
+    """The call decided on."""
+    tool: str
+    """Tool name as requested by the model."""
+    decision: Literal["approve", "edit", "reject", "respond"]
+    """What the reviewer decided."""
+    args: dict[str, Any]
+    """Arguments approved for execution (edited ones for `edit`)."""
+    args_hash: str
+    """Hash of the canonical approved arguments; `act` refuses anything else."""
+    reviewer: str
+    """Who decided."""
+    message: str | None
+    """Rejection message or human response, when given."""
+    decided_at: str
+    """ISO-8601 timestamp."""
+
+
+class State(TypedDict):
+    """Everything a run needs to resume exactly where it stopped."""
+
+    messages: Annotated[list[AnyMessage], DeltaChannel(add_messages_batch)]
+    """The conversation: human task(s), model turns and tool results."""
+    task: str | None
+    """Input slot for a new task; `plan` moves it into `messages` and clears it."""
+    objective: str
+    """The current run's task text (the latest human instruction)."""
+    usage: Usage
+    """Counters for the current run."""
+    loop: LoopState
+    """Loop detector windows and strikes."""
+    approvals: Annotated[list[ApprovalRecord], operator.add]
+    """Every human decision on this thread, in order."""
+    budget_warnings: Annotated[list[str], operator.add]
+    """Soft-threshold and configuration warnings recorded during runs."""
+    stop: StopSignal | None
+    """Set by a node that wants the run to end (error, rejection, cancellation)."""
+    halt_reason: HaltReason | None
+    """Why the latest run ended; None while a run is in progress."""
+    halt_detail: str | None
+    """Explanation of the halt reason."""
+    final_answer: str | None
+    """The model's final answer for a completed run."""
+    report: dict[str, Any] | None
+    """End-of-run report written by `halt`."""
+
+
+class InputState(TypedDict):
+    """What callers send to start a run: a task, or chat messages (latest human one wins)."""
+
+    task: NotRequired[str]
+    """The task text."""
+    messages: NotRequired[Messages]
+    """Chat-style input, as Studio and Agent Chat UI send it."""

@@ -1,0 +1,1 @@
+"""The five graph nodes: plan, approve, act, observe, halt."""

@@ -1,0 +1,93 @@
+"""`observe`: fold tool results into loop history and usage, and warn the model once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.loops import call_fingerprint, fingerprint, push, repeated
+from graph.routing import soft_warnings
+from graph.state import LoopState, State
+from nodes.accounting import NodeClock
+from nodes.plan import WARDEN_NAME
+
+
+def latest_batch(state: State) -> tuple[AIMessage | None, list[ToolMessage]]:
+    """Return the latest model turn and the tool results that followed it."""
+    results: list[ToolMessage] = []
+    for message in reversed(state["messages"]):
+        if isinstance(message, ToolMessage):
+            results.append(message)
+        elif isinstance(message, AIMessage):
+            return message, results[::-1]
+        else:
+            break
+    return None, results[::-1]
+
+
+def _push_checked(window: list[str], items: list[str], size: int, threshold: int) -> tuple[list[str], bool]:
+    """Push items one by one, telling whether any of them completed a repetition."""
+    hit = False
+    for item in items:
+        window = push(window, [item], size)
+        hit = hit or repeated(window, threshold)
+    return window, hit
+
+
+async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Update loop windows from the latest results; on a new loop, warn once."""
+    clock = NodeClock()
+    ctx = runtime.context
+    turn, results = latest_batch(state)
+    loop: LoopState = dict(state["loop"])  # type: ignore[assignment]
+    update: dict[str, Any] = {}
+    refused_for_loop = any(
+        r.response_metadata.get("warden", {}).get("refused") == "loop" for r in results
+    )
+    if turn is not None and not refused_for_loop:
+        by_id = {c["id"]: c for c in turn.tool_calls}
+        loop["calls"] = push(
+            loop["calls"],
+            [call_fingerprint(c["name"], c["args"]) for c in turn.tool_calls if c["id"] in
+             {r.tool_call_id for r in results}],
+            ctx.loop_window,
+        )
+        errors = [fingerprint("error", r.name, r.text) for r in results if r.status == "error"]
+        seen = [
+            fingerprint("observation", r.name, r.text)
+            for r in results
+            if r.status != "error" and r.tool_call_id in by_id
+        ]
+        loop["errors"], error_loop = _push_checked(
+            loop["errors"], errors, ctx.loop_window, ctx.loop_error_repeats
+        )
+        loop["observations"], same_loop = _push_checked(
+            loop["observations"], seen, ctx.loop_window, ctx.loop_observation_repeats
+        )
+        found = (
+            "the same tool error repeated" if error_loop
+            else "the same tool result repeated with no new information" if same_loop
+            else None
+        )
+        if found:
+            loop["strikes"] += 1
+            loop["last"] = found
+            if loop["strikes"] == 1:
+                update["messages"] = [
+                    HumanMessage(
+                        name=WARDEN_NAME,
+                        content=(
+                            f"[warden] Loop detected: {found}. Do not repeat it; change your "
+                            "approach or give your final answer."
+                        ),
+                    )
+                ]
+    usage = clock.usage(state["usage"])
+    return update | {
+        "loop": loop,
+        "usage": usage,
+        "budget_warnings": soft_warnings(usage, ctx, state.get("budget_warnings") or []),
+    }

@@ -1,0 +1,121 @@
+"""Built-in tools for the demo and tests: a confined workspace and a local email outbox.
+
+The full production tool layer (HTTP, SQL, SMTP, sandboxing) is issue #3; these are
+real tools, confined to a directory, not stubs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from langchain_core.tools import StructuredTool
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.errors import ToolRefused
+from tools.registry import ToolSpec
+
+MAX_READ_BYTES = 256 * 1024
+MAX_LIST_ENTRIES = 500
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListFilesArgs(_Args):
+    path: str = Field(default=".", max_length=1024, description="Directory inside the workspace.")
+
+
+class ReadFileArgs(_Args):
+    path: str = Field(max_length=1024, description="File path inside the workspace.")
+
+
+class SendEmailArgs(_Args):
+    to: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    subject: str = Field(max_length=998)
+    body: str = Field(max_length=100_000)
+
+
+def confine(root: Path, relative: str) -> Path:
+    """Resolve a path inside the workspace, refusing anything that escapes it."""
+    if os.path.isabs(relative):
+        raise ToolRefused(f"absolute paths are not allowed: {relative!r}; use a workspace path")
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise ToolRefused(f"path {relative!r} escapes the workspace")
+    return target
+
+
+def workspace_tools(root: Path) -> list[ToolSpec]:
+    """Return `list_files` and `read_file` confined to `root`."""
+
+    def list_files(path: str = ".") -> str:
+        """List the files and directories at a path in the workspace."""
+        target = confine(root, path)
+        if not target.is_dir():
+            raise ToolRefused(f"not a directory: {path!r}")
+        entries = sorted(
+            f"{p.name}/" if p.is_dir() else p.name
+            for p in target.iterdir()
+            if not p.name.startswith(".")
+        )
+        return "\n".join(entries[:MAX_LIST_ENTRIES]) or "(empty)"
+
+    def read_file(path: str) -> str:
+        """Read a text file from the workspace."""
+        target = confine(root, path)
+        if not target.is_file():
+            raise ToolRefused(f"no such file: {path!r}")
+        if target.stat().st_size > MAX_READ_BYTES:
+            raise ToolRefused(f"file {path!r} is larger than {MAX_READ_BYTES} bytes")
+        return target.read_text(encoding="utf-8", errors="replace")
+
+    return [
+        ToolSpec(
+            tool=StructuredTool.from_function(list_files, args_schema=ListFilesArgs),
+            tier="read",
+            scopes=frozenset({"workspace:read"}),
+            idempotent=True,
+        ),
+        ToolSpec(
+            tool=StructuredTool.from_function(read_file, args_schema=ReadFileArgs),
+            tier="read",
+            scopes=frozenset({"workspace:read"}),
+            idempotent=True,
+        ),
+    ]
+
+
+def outbox_email_tool(outbox: Path) -> ToolSpec:
+    """Return an irreversible `send_email` that delivers to a local outbox file."""
+
+    def send_email(to: str, subject: str, body: str) -> str:
+        """Send an email. This cannot be undone, so a human approves it first."""
+        outbox.mkdir(parents=True, exist_ok=True)
+        message_id = f"<{uuid.uuid4()}@warden.local>"
+        record = {
+            "message_id": message_id,
+            "to": to,
+            "subject": subject,
+            "body": body,
+            "sent_at": datetime.now(UTC).isoformat(),
+        }
+        with (outbox / "outbox.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return f"email sent to {to} (Message-ID {message_id})"
+
+    return ToolSpec(
+        tool=StructuredTool.from_function(send_email, args_schema=SendEmailArgs),
+        tier="irreversible",
+        scopes=frozenset({"email:send"}),
+    )
+
+
+def default_tools(workspace: Path, outbox: Path) -> list[ToolSpec]:
+    """Return the tools the CLI and the demo offer: workspace reads and the email outbox."""
+    return [*workspace_tools(workspace), outbox_email_tool(outbox)]
