@@ -18,7 +18,7 @@ async def open_pool(
     min_size: int = 1,
     max_size: int = 10,
     prepare_threshold: int | None = 5,
-    timeout: float = 10.0,
+    connect_timeout: float = 10.0,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
     """Open a health-checked pool: autocommit, dict rows, recycled connections.
 
@@ -38,10 +38,10 @@ async def open_pool(
         check=AsyncConnectionPool.check_connection,
         max_idle=300,
         max_lifetime=1800,
-        timeout=timeout,
+        timeout=connect_timeout,
         open=False,
     )
-    await pool.open(wait=True, timeout=timeout)
+    await pool.open(wait=True, timeout=connect_timeout)
     try:
         yield pool
     finally:

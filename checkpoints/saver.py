@@ -7,6 +7,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.embedded import embedded_url
 from checkpoints.migrations import ensure_migrated, migrate
@@ -18,6 +21,14 @@ def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str,
     if database_url:
         return database_url, False
     return embedded_url(data_dir), True
+
+
+def saver_pool(saver: AsyncPostgresSaver) -> AsyncConnectionPool[AsyncConnection[DictRow]]:
+    """Return the pool behind a saver opened by `open_saver`."""
+    pool = saver.conn
+    if not isinstance(pool, AsyncConnectionPool):
+        raise TypeError("expected a saver opened over a connection pool by open_saver()")
+    return pool
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ variables are read here, once, at the entry point.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from checkpoints.saver import open_saver, resolve_database_url
 from graph.builder import build_graph, compile_graph
+from graph.context import MAX_STEPS_CEILING, recursion_limit_for
 from graph.models import make_model_factory
 from graph.settings import load_settings
 from tools.builtin import default_tools
@@ -24,8 +26,10 @@ _settings = load_settings()
 _factory = make_model_factory(
     base_url=_settings.openai_base_url, api_key=_settings.openai_api_key
 )
-_workspace = Path(__import__("os").environ.get("WARDEN_WORKSPACE") or Path.cwd()).resolve()
+_workspace = Path(os.environ.get("WARDEN_WORKSPACE") or Path.cwd()).resolve()
 
+# The server sets no recursion limit per run, so it is derived from the largest step
+# budget a run may ask for; the step budget itself always stops a run first.
 graph = compile_graph(
     build_graph(
         model=_factory(_settings.model) if _settings.model else None,
@@ -33,7 +37,7 @@ graph = compile_graph(
         model_factory=_factory,
     ),
     checkpointer=None,
-)
+).with_config(recursion_limit=recursion_limit_for(MAX_STEPS_CEILING))
 
 
 @asynccontextmanager

@@ -41,16 +41,18 @@ def build_graph(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
-    builder.add_node(
+    # The node factories return plain `async (state, runtime)` callables; LangGraph's
+    # add_node overloads cannot see through a factory's Callable return type.
+    builder.add_node(  # type: ignore[call-overload]
         "plan",
         make_plan_node(
             model=model, model_factory=model_factory or make_model_factory(), tools=registry
         ),
     )
-    builder.add_node("approve", make_approve_node(registry))
-    builder.add_node("act", make_act_node(registry))
+    builder.add_node("approve", make_approve_node(registry))  # type: ignore[call-overload]
+    builder.add_node("act", make_act_node(registry))  # type: ignore[call-overload]
     builder.add_node("observe", observe)
-    builder.add_node("halt", make_halt_node(registry))
+    builder.add_node("halt", make_halt_node(registry))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, runtime.context, tiers)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -49,7 +50,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def guarded(work: Callable[[], Awaitable[T]]) -> T:
+def guarded(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run async work, mapping expected failures to one-line errors and exit codes."""
     try:
         return asyncio.run(work())
@@ -427,6 +428,19 @@ def db_migrate() -> None:
     out.print(f"database migrated ({applied} Warden migration(s) applied)")
 
 
+def optional_reject_message(argv: list[str]) -> list[str]:
+    """Let `--reject` stand without a MESSAGE: Typer's parser has no optional option values."""
+    fixed: list[str] = []
+    for i, arg in enumerate(argv):
+        fixed.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "--reject" and (following is None or (following.startswith("-") and following != "-")):
+            fixed.append("")
+    return fixed
+
+
 def main() -> None:
     """Entry point of the `warden` script."""
-    app()
+    # The pool logs each failed connection attempt; the CLI reports one error line instead.
+    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    app(args=optional_reject_message(sys.argv[1:]))

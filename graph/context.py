@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from graph.policy import TIERS, Policy, Tier
@@ -24,6 +24,14 @@ DEFAULT_SYSTEM_PROMPT = (
 # A model cycle is plan, approve, act, observe: four super-steps per model call.
 NODES_PER_MODEL_CALL = 4
 RECURSION_HEADROOM = 10
+# The largest step budget a run may ask for; the LangGraph server, which cannot set a
+# recursion limit per run, derives its limit from it (see `recursion_limit_for`).
+MAX_STEPS_CEILING = 1000
+
+
+def recursion_limit_for(max_steps: int) -> int:
+    """Return the LangGraph recursion limit that lets `max_steps` model calls finish."""
+    return NODES_PER_MODEL_CALL * (max_steps + 1) + RECURSION_HEADROOM
 
 
 @dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
@@ -34,7 +42,9 @@ class Context:
         default=None,
         description="init_chat_model string (`openai:gpt-4o-mini`) or `scripted:PATH`.",
     )
-    max_steps: int = Field(default=25, gt=0, description="Maximum model calls per run.")
+    max_steps: int = Field(
+        default=25, gt=0, le=MAX_STEPS_CEILING, description="Maximum model calls per run."
+    )
     max_tool_calls: int = Field(default=50, ge=0, description="Maximum tool calls per run.")
     max_tool_calls_per_tool: dict[str, int] = Field(
         default_factory=dict, description="Optional per-tool call limits."
@@ -102,6 +112,16 @@ class Context:
                 raise ValueError(f"per-tool limit for {tool!r} must be >= 0, got {limit}")
         return value
 
+    @field_validator("loop_window")
+    @classmethod
+    def _window_holds_repeats(cls, value: int, info: ValidationInfo) -> int:
+        # A threshold the window cannot hold would silently switch that loop check off.
+        for name in ("loop_repeat_threshold", "loop_error_repeats", "loop_observation_repeats"):
+            needed = info.data.get(name, 0)
+            if needed > value:
+                raise ValueError(f"a window of {value} cannot hold {name} = {needed} repetitions")
+        return value
+
     @property
     def policy(self) -> Policy:
         """Return the approval policy these settings describe."""
@@ -131,4 +151,4 @@ class Context:
 
     def recursion_limit(self) -> int:
         """Return LangGraph's recursion limit derived from the step budget."""
-        return NODES_PER_MODEL_CALL * (self.max_steps + 1) + RECURSION_HEADROOM
+        return recursion_limit_for(self.max_steps)

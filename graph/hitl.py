@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
-
-from typing_extensions import NotRequired, TypedDict
+from typing import Any, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -22,6 +20,7 @@ from pydantic import (
     create_model,
     field_validator,
 )
+from typing_extensions import TypedDict
 
 DecisionType = Literal["approve", "edit", "reject", "respond"]
 ALL_DECISIONS: list[DecisionType] = ["approve", "edit", "reject", "respond"]
@@ -142,7 +141,7 @@ def _edit_decision(name: str, args_model: type[BaseModel] | None) -> type[BaseMo
     action = create_model(
         f"EditedAction_{name}",
         __config__=ConfigDict(extra="forbid"),
-        name=(Literal[name], ...),  # type: ignore[valid-type]
+        name=(Literal[name], ...),  # type: ignore[arg-type,valid-type]  # pinned at runtime
         args=(Any, ...),
         __validators__={
             "check": field_validator("args", mode="before")(lambda cls, v: check_args(v))
@@ -151,7 +150,7 @@ def _edit_decision(name: str, args_model: type[BaseModel] | None) -> type[BaseMo
     return create_model(
         f"EditDecision_{name}",
         __config__=ConfigDict(extra="forbid"),
-        type=(Literal["edit"], ...),
+        type=(Literal["edit"], ...),  # type: ignore[arg-type,maybe-unrecognized-str-typeform]
         edited_action=(action, ...),
     )
 
@@ -190,7 +189,7 @@ def response_schema(
             raise ValueError(
                 f"expected {len(names)} decision(s), one per action request, got {len(value)}"
             )
-        return [parse(i, raw, name) for i, (raw, name) in enumerate(zip(value, names), 1)]
+        return [parse(i, raw, name) for i, (raw, name) in enumerate(zip(value, names, strict=True), 1)]
 
     return create_model(
         "ApprovalResponse",

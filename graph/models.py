@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
@@ -27,7 +28,7 @@ def make_model_factory(
             return ScriptedChatModel.from_file(spec.removeprefix(SCRIPTED_PREFIX))
         from langchain.chat_models import init_chat_model
 
-        kwargs: dict[str, object] = {"timeout": timeout}
+        kwargs: dict[str, Any] = {"timeout": timeout}
         provider = spec.split(":", 1)[0] if ":" in spec else None
         if provider in (None, "openai"):
             if base_url:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,14 +30,22 @@ DEFAULT_PRICES: dict[str, ModelPrice] = {
 }
 
 
+# A dated snapshot suffix: `-2024-07-18` (OpenAI) or `-20241022` (Anthropic).
+_SNAPSHOT_DATE = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
 def model_key(model: str) -> str:
     """Return the price-table key for a model string (`openai:gpt-4o` -> `gpt-4o`)."""
     return model.split(":", 1)[1] if ":" in model else model
 
 
 def lookup_price(model: str, prices: Mapping[str, ModelPrice]) -> ModelPrice | None:
-    """Find a model's price, trying the full string, then without provider prefix."""
-    return prices.get(model) or prices.get(model_key(model))
+    """Find a model's price: the full string, without provider prefix, then without snapshot date.
+
+    Providers report the snapshot they served (`gpt-4o-mini-2024-07-18`), not the alias asked for.
+    """
+    key = model_key(model)
+    return prices.get(model) or prices.get(key) or prices.get(_SNAPSHOT_DATE.sub("", key))
 
 
 def cost_usd(price: ModelPrice | None, input_tokens: int, output_tokens: int) -> float:

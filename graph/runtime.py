@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import patch_config
+from langgraph._internal._constants import CONFIG_KEY_RUNTIME
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.errors import is_invalid_resume
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 from pydantic import TypeAdapter, ValidationError
 
-from checkpoints.saver import open_saver, resolve_database_url
+from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context
 from graph.errors import BadInput
@@ -124,6 +128,7 @@ class Warden:
         progress: Progress | None = None,
     ) -> None:
         self.saver = saver
+        self.pool = saver_pool(saver)
         self.outbox = outbox
         self.model_factory = model_factory
         self.progress = progress
@@ -139,7 +144,7 @@ class Warden:
         return self._graphs[workspace]
 
     @staticmethod
-    def config(thread_id: str, ctx: Context) -> dict[str, Any]:
+    def config(thread_id: str, ctx: Context) -> RunnableConfig:
         """Return the LangGraph config for a thread, with the recursion limit from the budget."""
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": ctx.recursion_limit()}
 
@@ -253,10 +258,20 @@ class Warden:
             raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
         graph = self.graph(workspace)
         config = self.config(thread_id, ctx)
-        # Written as if `approve` ran: its router sends a stopped run to `halt`.
-        await graph.aupdate_state(
-            config, {"stop": StopSignal(reason="cancelled", detail=reason)}, as_node="approve"
-        )
+        pending = snapshot.next[0] if snapshot.next else "approve"
+        if pending != "halt":
+            # Write the stop as if the pending node had run and asked for it: that node's
+            # trigger is consumed (it never runs) and its router sends the run to `halt`.
+            # update_state gives routers no run context; LangGraph reads the runtime from
+            # this config key (as `abulk_update_state` does for the store), so pass it there.
+            with_runtime = patch_config(
+                config, configurable={CONFIG_KEY_RUNTIME: Runtime(context=ctx)}
+            )
+            await graph.aupdate_state(
+                with_runtime,
+                {"stop": StopSignal(reason="cancelled", detail=reason)},
+                as_node=pending,
+            )
         return await self._drive(thread_id, ctx, workspace, None)
 
     async def status(self, thread_id: str) -> RunOutcome:
@@ -266,7 +281,7 @@ class Warden:
 
     async def history(self, thread_id: str) -> dict[str, Any]:
         """Return a thread's messages, human decisions and checkpoints."""
-        ctx, workspace, snapshot = await self._load(thread_id)
+        ctx, _, snapshot = await self._load(thread_id)
         checkpoints = [
             {
                 "checkpoint_id": t.config["configurable"]["checkpoint_id"],

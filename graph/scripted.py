@@ -135,18 +135,19 @@ class ScriptedChatModel(BaseChatModel):
         for j, call in enumerate(turn.tool_calls):
             call_id = call.id or f"call_{index + 1}_{j + 1}"
             args: Any = call.args
-            if isinstance(args, str):
+            if isinstance(call.args, str):
+                raw = call.args
                 try:
-                    args = json.loads(args)
+                    args = json.loads(raw)
                 except json.JSONDecodeError as exc:
                     invalid.append(
-                        invalid_tool_call(name=call.name, args=call.args, id=call_id, error=exc.msg)
+                        invalid_tool_call(name=call.name, args=raw, id=call_id, error=exc.msg)
                     )
                     continue
                 if not isinstance(args, dict):
                     invalid.append(
                         invalid_tool_call(
-                            name=call.name, args=call.args, id=call_id, error="args is not an object"
+                            name=call.name, args=raw, id=call_id, error="args is not an object"
                         )
                     )
                     continue

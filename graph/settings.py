@@ -152,8 +152,11 @@ def load_config_file(path: Path | None) -> ConfigFile:
         raise ConfigError(
             f"config file {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
         ) from None
-    if config.workspace is not None and not config.workspace.is_absolute():
-        config = config.model_copy(update={"workspace": (path.parent / config.workspace).resolve()})
+    if config.workspace is not None:
+        workspace = config.workspace.expanduser()  # `~` as in --workspace, not a folder named `~`
+        if not workspace.is_absolute():
+            workspace = (path.parent / workspace).resolve()
+        config = config.model_copy(update={"workspace": workspace})
     return config
 
 

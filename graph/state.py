@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
-
-from typing_extensions import NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, cast
 
 from langchain_core.messages import AnyMessage
 from langgraph.channels import DeltaChannel
 from langgraph.graph.message import Messages, add_messages
+from typing_extensions import TypedDict
 
 HaltReason = Literal[
     "completed",
@@ -34,7 +33,7 @@ HALT_REASONS: tuple[HaltReason, ...] = HaltReason.__args__  # type: ignore[attr-
 def add_messages_batch(current: list[AnyMessage], batches: Sequence[Messages]) -> list[AnyMessage]:
     """Fold a batch of message writes into the history, as `add_messages` would one by one."""
     for batch in batches:
-        current = add_messages(current, batch)  # type: ignore[assignment]
+        current = cast(list[AnyMessage], add_messages(cast(Messages, current), batch))
     return current
 
 
@@ -81,11 +80,11 @@ def empty_usage() -> Usage:
 
 def add_usage(current: Usage | None, delta: Usage | dict[str, Any]) -> Usage:
     """Add a partial usage delta to the counters, returning a new dict."""
-    base = dict(current or empty_usage())
+    base: dict[str, Any] = dict(current or empty_usage())
     for key, value in delta.items():
         if key == "tool_calls_by_name":
-            merged = dict(base.get(key) or {})
-            for name, count in value.items():
+            merged: dict[str, int] = dict(base.get(key) or {})
+            for name, count in dict(value).items():
                 merged[name] = merged.get(name, 0) + count
             base[key] = merged
         elif key == "last_input_tokens":

@@ -136,7 +136,7 @@ def make_act_node(
             args = call["args"]
             note = ""
             if decision == "ask":
-                record = latest_decision(state, call["id"])
+                record = latest_decision(state, str(call["id"]))
                 if record is None or record["decision"] not in ("approve", "edit"):
                     results.append(
                         tool_message(

@@ -39,7 +39,7 @@ def make_approve_node(
         turn = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
         pending = [
             PendingCall(
-                id=c["id"],
+                id=str(c["id"]),
                 name=c["name"],
                 args=c["args"],
                 tier=ctx.policy.tier_of(c["name"], tiers) or "unknown",
@@ -47,7 +47,7 @@ def make_approve_node(
             )
             for c in asking
         ]
-        answer = interrupt(
+        answer: Any = interrupt(
             build_request(pending, schemas), response_schema=response_schema(pending, args_models)
         )
         clock = NodeClock()

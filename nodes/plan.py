@@ -144,12 +144,6 @@ def make_plan_node(
             return stopped("error", str(exc))
         if not isinstance(response, AIMessage):
             return stopped("error", f"model returned {type(response).__name__}, not a message")
-        if response.invalid_tool_calls:
-            bad = response.invalid_tool_calls[0]
-            return stopped(
-                "error",
-                f"model returned a malformed tool call {bad.get('name')!r}: {bad.get('error')}",
-            )
         meta = response.usage_metadata
         input_tokens = meta["input_tokens"] if meta else estimate_tokens(prompt)
         output_tokens = meta["output_tokens"] if meta else estimate_tokens([response])
@@ -168,11 +162,19 @@ def make_plan_node(
         warnings = soft_warnings(new_usage, ctx, warnings_seen)
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")
-        return update | {
+        result = update | {
             "messages": [*new_messages, response],
             "objective": objective,
             "usage": new_usage,
             "budget_warnings": warnings if "budget_warnings" not in update else Overwrite(warnings),
         }
+        if response.invalid_tool_calls:
+            # The call happened and is paid for; its turn is kept for the record, then the run stops.
+            bad = response.invalid_tool_calls[0]
+            result["stop"] = StopSignal(
+                reason="error",
+                detail=f"model returned a malformed tool call {bad.get('name')!r}: {bad.get('error')}",
+            )
+        return result
 
     return plan

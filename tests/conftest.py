@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -81,11 +82,15 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Start one embedded Postgres for the whole session."""
+def embedded_url() -> str:
+    """Start (or reuse) the embedded Postgres that test sessions share.
+
+    It lives outside pytest's private temp tree because pgserver runs the server as
+    another user when tests run as root; every module still gets its own database.
+    """
     from checkpoints.embedded import embedded_url as start
 
-    return start(tmp_path_factory.mktemp("embedded"))
+    return start(Path(tempfile.gettempdir()) / f"warden-test-pg-{os.getuid()}")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Tools: registry with risk tiers and scopes, typed errors, built-in tools."""
