@@ -58,7 +58,7 @@ def guarded(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         fail(str(exc), 2)
     except (OperationalError, PoolTimeout) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail(f"database unavailable: {first}; the thread is kept and can be resumed", 1)
+        fail(f"database unavailable: {first}; stored runs are untouched, retry when it is back", 1)
     except WardenError as exc:
         fail(str(exc), 1)
 

@@ -149,7 +149,7 @@ class Warden:
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": ctx.recursion_limit()}
 
     async def _stored(self, thread_id: str) -> tuple[Context, Path] | None:
-        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+        async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
                     "SELECT context, workspace FROM warden_threads WHERE thread_id = %s",
@@ -206,7 +206,7 @@ class Warden:
                     f"thread {thread_id} has a run that has not ended ({current.status}); "
                     f"use `warden resume {thread_id}`"
                 )
-        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+        async with self.pool.connection() as conn:
             await conn.execute(
                 """
                 INSERT INTO warden_threads (thread_id, task, context, workspace)
@@ -304,7 +304,7 @@ class Warden:
 
     async def threads(self, limit: int = 50) -> list[dict[str, Any]]:
         """List recent threads started through the runtime, newest first."""
-        async with self.saver.conn.connection() as conn:  # type: ignore[union-attr]
+        async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
                     "SELECT thread_id, task, created_at, updated_at FROM warden_threads "

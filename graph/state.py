@@ -7,7 +7,7 @@ This module sits at the bottom of the project: it imports nothing from `graph`,
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, NotRequired, cast
 
 from langchain_core.messages import AnyMessage
@@ -78,7 +78,7 @@ def empty_usage() -> Usage:
     )
 
 
-def add_usage(current: Usage | None, delta: Usage | dict[str, Any]) -> Usage:
+def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
     """Add a partial usage delta to the counters, returning a new dict."""
     base: dict[str, Any] = dict(current or empty_usage())
     for key, value in delta.items():

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from checkpoints.pool import open_pool
 from checkpoints.migrations import migrate
+from checkpoints.pool import open_pool
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_ENV = "WARDEN_TEST_DATABASE_URL"

@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ class Cli:
     cwd: Path
     data_dir: Path
     database_url: str
-    calls: list[Result] = field(default_factory=list)
 
     def __call__(
         self,
