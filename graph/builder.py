@@ -12,7 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.context import Context
+from graph.context import Context, run_context
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
 from graph.state import InputState, State
@@ -55,13 +55,13 @@ def build_graph(
     builder.add_node("halt", make_halt_node(registry))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
-        return route_after_plan(state, runtime.context, tiers)
+        return route_after_plan(state, run_context(state, runtime.context), tiers)
 
     def after_approve(state: State, runtime: Runtime[Context]) -> Literal["act", "plan", "halt"]:
-        return route_after_approve(state, runtime.context)
+        return route_after_approve(state, run_context(state, runtime.context))
 
     def after_observe(state: State, runtime: Runtime[Context]) -> Literal["plan", "halt"]:
-        return route_after_observe(state, runtime.context)
+        return route_after_observe(state, run_context(state, runtime.context))
 
     builder.add_edge(START, "plan")
     builder.add_conditional_edges("plan", after_plan)

@@ -7,9 +7,10 @@ validated and coerced with clear errors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass
 
 from graph.policy import TIERS, Policy, Tier
@@ -152,3 +153,29 @@ class Context:
     def recursion_limit(self) -> int:
         """Return LangGraph's recursion limit derived from the step budget."""
         return recursion_limit_for(self.max_steps)
+
+
+_ADAPTER: TypeAdapter[Context] = TypeAdapter(Context)
+
+
+def context_to_json(ctx: Context) -> dict[str, Any]:
+    """Serialise a Context for storage."""
+    return _ADAPTER.dump_python(ctx, mode="json")
+
+
+def context_from_json(data: Mapping[str, Any]) -> Context:
+    """Rebuild a stored Context."""
+    return _ADAPTER.validate_python(dict(data))
+
+
+def run_context(state: Mapping[str, Any], given: Context | None) -> Context:
+    """Return the Context a run is governed by.
+
+    A run keeps the Context it started with (recorded in state by `plan`), so a resume
+    that sends no context, or a different one, cannot loosen its budgets. Before the
+    first record, the caller's Context applies, or the defaults when none was sent.
+    """
+    recorded = state.get("run_context")
+    if recorded is not None:
+        return context_from_json(recorded)
+    return given if given is not None else Context()

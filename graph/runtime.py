@@ -24,11 +24,11 @@ from langgraph.errors import is_invalid_resume
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
-from graph.context import Context
+from graph.context import Context, context_from_json, context_to_json
 from graph.errors import BadInput
 from graph.hitl import first_error
 from graph.models import make_model_factory
@@ -46,7 +46,6 @@ EXIT_CODES: dict[Status, int] = {
     "in_progress": 1,
 }
 Progress = Callable[[str, dict[str, Any], Context], None]
-_CONTEXT = TypeAdapter(Context)
 
 
 @dataclass
@@ -158,7 +157,7 @@ class Warden:
             ).fetchone()
         if row is None:
             return None
-        return _CONTEXT.validate_python(row["context"]), Path(row["workspace"])
+        return context_from_json(row["context"]), Path(row["workspace"])
 
     async def _snapshot(self, thread_id: str, ctx: Context, workspace: Path) -> StateSnapshot:
         return await self.graph(workspace).aget_state(self.config(thread_id, ctx))
@@ -218,7 +217,7 @@ class Warden:
                 (
                     thread_id,
                     task,
-                    json.dumps(_CONTEXT.dump_python(context, mode="json")),
+                    json.dumps(context_to_json(context)),
                     str(workspace),
                 ),
             )

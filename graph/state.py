@@ -171,6 +171,8 @@ class State(TypedDict):
     """The model's final answer for a completed run."""
     report: dict[str, Any] | None
     """End-of-run report written by `halt`."""
+    run_context: dict[str, Any] | None
+    """The Context the current run started with; a resume continues under it."""
 
 
 class InputState(TypedDict):

@@ -12,7 +12,7 @@ from langchain_core.messages import ToolCall, ToolMessage
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from graph.context import Context
+from graph.context import Context, run_context
 from graph.hitl import first_error
 from graph.loops import args_hash, call_fingerprint, push
 from graph.routing import pending_tool_calls, proposed_loop
@@ -92,7 +92,7 @@ def make_act_node(
 
     async def act(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         clock = NodeClock()
-        ctx = runtime.context
+        ctx = run_context(state, runtime.context)
         batch = pending_tool_calls(state["messages"])
         loop = proposed_loop(state, batch, ctx)
         if loop:

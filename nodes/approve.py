@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from graph.context import Context
+from graph.context import Context, run_context
 from graph.hitl import PendingCall, build_request, response_schema
 from graph.loops import args_hash
 from graph.routing import needs_approval, pending_tool_calls
@@ -33,7 +33,7 @@ def make_approve_node(
     schemas = {name: model.model_json_schema() for name, model in args_models.items()}
 
     async def approve(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-        ctx = runtime.context
+        ctx = run_context(state, runtime.context)
         batch = pending_tool_calls(state["messages"])
         asking = needs_approval(batch, ctx, tiers, state)
         turn = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))

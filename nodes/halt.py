@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
+from graph.context import Context, run_context
 from graph.routing import diagnose, pending_tool_calls
 from graph.state import State
 from nodes.accounting import NodeClock
@@ -23,7 +23,7 @@ def make_halt_node(
 
     async def halt(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         clock = NodeClock()
-        ctx = runtime.context
+        ctx = run_context(state, runtime.context)
         verdict = diagnose(state, ctx, tiers)
         # Answer calls that will never run, so the history stays valid for any provider.
         unanswered = [

@@ -7,7 +7,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.runtime import Runtime
 
-from graph.context import Context
+from graph.context import Context, run_context
 from graph.loops import call_fingerprint, fingerprint, push, repeated
 from graph.routing import soft_warnings
 from graph.state import LoopState, State
@@ -40,7 +40,7 @@ def _push_checked(window: list[str], items: list[str], size: int, threshold: int
 async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Update loop windows from the latest results; on a new loop, warn once."""
     clock = NodeClock()
-    ctx = runtime.context
+    ctx = run_context(state, runtime.context)
     turn, results = latest_batch(state)
     loop: LoopState = dict(state["loop"])  # type: ignore[assignment]
     update: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from langchain_core.messages import (
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
-from graph.context import Context
+from graph.context import Context, context_to_json, run_context
 from graph.errors import ConfigError, ScriptExhaustedError
 from graph.pricing import cost_usd, lookup_price
 from graph.routing import soft_warnings
@@ -84,16 +84,19 @@ def make_plan_node(
 
     async def plan(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         clock = NodeClock()
-        ctx = runtime.context
         update: dict[str, Any] = {}
         new_messages: list[AnyMessage] = []
-        usage: Usage | None = state.get("usage")
+        previous = state.get("usage")
         warnings_seen = list(state.get("budget_warnings") or [])
-        if usage is None or state.get("halt_reason") is not None:
-            # A new run on this thread: budgets and loop history start afresh.
-            usage = empty_usage()
+        new_run = previous is None or state.get("halt_reason") is not None
+        usage: Usage = empty_usage() if previous is None or new_run else previous
+        ctx = (runtime.context or Context()) if new_run else run_context(state, runtime.context)
+        if new_run:
+            # A new run on this thread: budgets and loop history start afresh, under the
+            # Context this run was started with.
             warnings_seen = []
             update |= {
+                "run_context": context_to_json(ctx),
                 "loop": empty_loop_state(),
                 "stop": None,
                 "halt_reason": None,

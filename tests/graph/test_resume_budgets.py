@@ -247,3 +247,36 @@ async def test_messages_are_stored_as_deltas(
         state = await fresh.aget_state({"configurable": {"thread_id": thread_id}})
     assert [m.id for m in state.values["messages"]] == [m.id for m in result["messages"]]
     assert [m.text for m in state.values["messages"]] == [m.text for m in result["messages"]]
+
+
+async def test_a_resume_cannot_loosen_the_budgets_the_run_started_with(
+    saver, workspace: Path, outbox: Path
+) -> None:
+    # A server client resumes with whatever context it likes, or none at all.
+    for resume_context in (Context(max_steps=50, max_tool_calls=50), None):
+        app = compile_app(saver, workspace, outbox, PAUSING_SCRIPT)
+        strict = Context(max_steps=3)
+        cfg = config(str(uuid.uuid4()), strict)
+        paused = await app.ainvoke({"task": "go"}, cfg, context=strict)
+        assert "__interrupt__" in paused
+        kwargs = {} if resume_context is None else {"context": resume_context}
+        final = await app.ainvoke(
+            Command(resume={"decisions": [{"type": "approve"}]}), cfg, **kwargs
+        )
+        assert final["halt_reason"] == "max_steps", resume_context
+        assert final["usage"]["model_calls"] == 3
+        assert final["report"]["budgets"]["max_steps"] == 3
+        assert final["run_context"]["max_steps"] == 3
+
+
+async def test_a_run_started_without_context_runs_under_the_defaults(
+    saver, workspace: Path, outbox: Path
+) -> None:
+    app = compile_app(saver, workspace, outbox, [turn("hello there")])
+    final = await app.ainvoke(
+        {"messages": [{"role": "user", "content": "hi"}]},
+        {"configurable": {"thread_id": str(uuid.uuid4())}},
+    )
+    assert (final["halt_reason"], final["final_answer"]) == ("completed", "hello there")
+    assert final["report"]["budgets"] == Context().budgets()
+    assert final["objective"] == "hi"
