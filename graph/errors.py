@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class WardenError(Exception):
     """Base class for Warden's expected errors."""
@@ -21,3 +23,16 @@ class ModelOutputError(WardenError):
 
 class ScriptExhaustedError(WardenError):
     """A scripted model was asked for more turns than its script has."""
+
+
+def error_location(exc: ValidationError) -> tuple[str, str]:
+    """Return where the first validation error is (dotted path, may be empty) and its message."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return where, err["msg"].removeprefix("Value error, ")
+
+
+def first_error(exc: ValidationError) -> str:
+    """Summarise a validation error in one line: `where: message`."""
+    where, msg = error_location(exc)
+    return f"{where}: {msg}" if where else msg

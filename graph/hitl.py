@@ -22,6 +22,10 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from graph.errors import first_error
+
+__all__ = ["build_request", "first_error", "response_schema"]
+
 DecisionType = Literal["approve", "edit", "reject", "respond"]
 ALL_DECISIONS: list[DecisionType] = ["approve", "edit", "reject", "respond"]
 
@@ -198,11 +202,3 @@ def response_schema(
         reviewer=(str, Field(default="unknown", min_length=1, max_length=200)),
         __validators__={"check": field_validator("decisions", mode="before")(check)},
     )
-
-
-def first_error(exc: ValidationError) -> str:
-    """Summarise a validation error in one line."""
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg

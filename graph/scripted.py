@@ -33,7 +33,7 @@ from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from graph.errors import ConfigError, ScriptExhaustedError
+from graph.errors import ConfigError, ScriptExhaustedError, error_location
 
 MAX_SCRIPT_BYTES = 64 * 1024 * 1024
 
@@ -89,9 +89,8 @@ def load_script(path: str | Path) -> Script:
     try:
         return Script.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "top level"
-        raise ConfigError(f"script {file} is malformed at {where}: {err['msg']}") from None
+        where, msg = error_location(exc)
+        raise ConfigError(f"script {file} is malformed at {where or 'top level'}: {msg}") from None
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -122,6 +121,11 @@ class ScriptedChatModel(BaseChatModel):
         if metadata and "warden_turn" in metadata:
             return int(metadata["warden_turn"])
         return sum(isinstance(m, AIMessage) for m in messages)
+
+    def _delay(self, index: int) -> float:
+        """Return the simulated latency of a turn (none past the end of the script)."""
+        turns = self.script.turns
+        return turns[index].delay_seconds if index < len(turns) else 0.0
 
     def _respond(self, index: int, messages: list[BaseMessage]) -> ChatResult:
         turns = self.script.turns
@@ -176,8 +180,7 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         index = self._turn_index(messages, run_manager.metadata if run_manager else None)
-        delay = self.script.turns[index].delay_seconds if index < len(self.script.turns) else 0
-        if delay:
+        if delay := self._delay(index):
             time.sleep(delay)
         return self._respond(index, messages)
 
@@ -189,7 +192,6 @@ class ScriptedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         index = self._turn_index(messages, run_manager.metadata if run_manager else None)
-        delay = self.script.turns[index].delay_seconds if index < len(self.script.turns) else 0
-        if delay:
+        if delay := self._delay(index):
             await asyncio.sleep(delay)
         return self._respond(index, messages)

@@ -11,7 +11,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graph.context import Context
-from graph.errors import ConfigError
+from graph.errors import ConfigError, first_error
 from graph.policy import Tier
 from graph.pricing import ModelPrice
 
@@ -54,10 +54,7 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(
-            f"environment setting {'.'.join(map(str, err['loc']))}: {err['msg']}"
-        ) from None
+        raise ConfigError(f"environment setting {first_error(exc)}") from None
 
 
 class _Table(BaseModel):
@@ -148,10 +145,7 @@ def load_config_file(path: Path | None) -> ConfigFile:
     try:
         config = ConfigFile.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(
-            f"config file {path}: {'.'.join(map(str, err['loc']))}: {err['msg']}"
-        ) from None
+        raise ConfigError(f"config file {path}: {first_error(exc)}") from None
     if config.workspace is not None:
         workspace = config.workspace.expanduser()  # `~` as in --workspace, not a folder named `~`
         if not workspace.is_absolute():
@@ -165,6 +159,4 @@ def make_context(fields: dict[str, Any]) -> Context:
     try:
         return Context(**fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"]))
-        raise ConfigError(f"invalid setting {where}: {err['msg']}") from None
+        raise ConfigError(f"invalid setting {first_error(exc)}") from None

@@ -267,7 +267,7 @@ def test_invalid_content(tmp_path: Path, text: str, where: str, msg: str) -> Non
         pytest.param("[budgets]\nsoft_threshold = 1.5", "invalid setting soft_threshold: Input "
                      "should be less than or equal to 1", id="threshold-above-one"),
         pytest.param("[budgets]\nper_tool = { send_email = -1 }", "invalid setting "
-                     "max_tool_calls_per_tool: Value error, per-tool limit for 'send_email' must "
+                     "max_tool_calls_per_tool: per-tool limit for 'send_email' must "
                      "be >= 0, got -1", id="negative-per-tool"),
         pytest.param("[loop]\nwindow = 3", "invalid setting loop_window: Input should be greater "
                      "than or equal to 4", id="window-too-small"),
@@ -334,11 +334,11 @@ def test_soft_threshold_range(value: float, ok: bool) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        pytest.param({"ask_tiers": ("bogus",)}, "invalid setting ask_tiers: Value error, unknown "
+        pytest.param({"ask_tiers": ("bogus",)}, "invalid setting ask_tiers: unknown "
                      "tier 'bogus'; expected one of read, write, irreversible, destructive",
                      id="ask"),
-        pytest.param({"deny_tiers": ("write", "nuclear")}, "invalid setting deny_tiers: Value "
-                     "error, unknown tier 'nuclear'", id="deny"),
+        pytest.param({"deny_tiers": ("write", "nuclear")}, "invalid setting deny_tiers: "
+                     "unknown tier 'nuclear'", id="deny"),
         pytest.param({"tier_overrides": {"send_email": "safe"}}, "invalid setting "
                      "tier_overrides.send_email: Input should be 'read'", id="override"),
         pytest.param({"bogus": 1}, "invalid setting bogus: Unexpected keyword argument",
