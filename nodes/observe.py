@@ -48,19 +48,14 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         r.response_metadata.get("warden", {}).get("refused") == "loop" for r in results
     )
     if turn is not None and not refused_for_loop:
-        by_id = {c["id"]: c for c in turn.tool_calls}
+        answered = {r.tool_call_id for r in results}
         loop["calls"] = push(
             loop["calls"],
-            [call_fingerprint(c["name"], c["args"]) for c in turn.tool_calls if c["id"] in
-             {r.tool_call_id for r in results}],
+            [call_fingerprint(c["name"], c["args"]) for c in turn.tool_calls if c["id"] in answered],
             ctx.loop_window,
         )
         errors = [fingerprint("error", r.name, r.text) for r in results if r.status == "error"]
-        seen = [
-            fingerprint("observation", r.name, r.text)
-            for r in results
-            if r.status != "error" and r.tool_call_id in by_id
-        ]
+        seen = [fingerprint("observation", r.name, r.text) for r in results if r.status != "error"]
         loop["errors"], error_loop = _push_checked(
             loop["errors"], errors, ctx.loop_window, ctx.loop_error_repeats
         )
