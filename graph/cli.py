@@ -169,7 +169,7 @@ async def settle(
         elif no_input or not interactive():
             return outcome
         else:
-            decisions = prompt_decisions(outcome.pending_approval, reviewer)
+            decisions = await asyncio.to_thread(prompt_decisions, outcome.pending_approval, reviewer)
         try:
             outcome = await warden.resume(outcome.thread_id, decisions=decisions)
         except BadInput as exc:

@@ -7,6 +7,7 @@ resumed in another process keeps exactly the budgets it started with.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -81,7 +82,9 @@ def outcome_of(thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutc
     status: Status
     if pending is not None:
         status = "awaiting_approval"
-    elif snapshot.next:
+    elif snapshot.next or snapshot.tasks:
+        # `tasks` without `next`: a node finished and its writes were saved, but the
+        # process died before the next checkpoint. Resuming applies them and goes on.
         status = "in_progress"
     else:
         if reason is None:
@@ -257,6 +260,14 @@ class Warden:
             raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
         graph = self.graph(workspace)
         config = self.config(thread_id, ctx)
+        if not snapshot.next and snapshot.tasks:
+            # A node finished and its writes were saved, but no checkpoint followed (the
+            # process died). Commit those writes first, stopping before any further node,
+            # so the results of work already done are kept.
+            await graph.ainvoke(
+                None, config, context=ctx, interrupt_before="*", durability="sync"
+            )
+            snapshot = await graph.aget_state(config)
         pending = snapshot.next[0] if snapshot.next else "approve"
         if pending != "halt":
             # Write the stop as if the pending node had run and asked for it: that node's
@@ -330,7 +341,10 @@ class Warden:
 @asynccontextmanager
 async def open_warden(settings: Settings, *, progress: Progress | None = None) -> AsyncIterator[Warden]:
     """Open the runtime: database (embedded unless configured), pool, saver, models."""
-    url, embedded = resolve_database_url(settings.database_url, settings.data_dir)
+    # Starting the embedded server is blocking work; keep it off the event loop.
+    url, embedded = await asyncio.to_thread(
+        resolve_database_url, settings.database_url, settings.data_dir
+    )
     async with open_saver(
         url,
         auto_migrate=embedded,

@@ -7,6 +7,7 @@ from Postgres in a fresh runtime, and a loop halt, then prints the run report.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -50,7 +51,7 @@ async def run_demo(settings: Settings, *, interactive: bool) -> int:
         soft_wrap=True,
     )
     if interactive:
-        decisions = prompt_decisions(first.pending_approval, "demo-user")
+        decisions = await asyncio.to_thread(prompt_decisions, first.pending_approval, "demo-user")
     else:
         console.print("[yellow]notice:[/] no terminal, so the demo approves the email automatically.")
         decisions = {"decisions": [{"type": "approve"}], "reviewer": "demo (auto-approved)"}

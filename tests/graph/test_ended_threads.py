@@ -100,3 +100,41 @@ async def test_cancel_of_a_thread_stopped_mid_run_never_runs_the_pending_node(
     assert cancelled.usage["model_calls"] == 1  # plan never ran again
     assert cancelled.usage["tool_calls"] == 0  # act never ran
     assert not outbox.exists()
+
+
+async def test_cancel_keeps_results_a_crash_left_as_saved_writes(
+    warden: Warden, saver, email_context: Context, workspace: Path, outbox: Path
+) -> None:
+    """A process that died after `act` saved its writes, before the next checkpoint."""
+    app = warden.graph(workspace)
+    approve = Command(resume={"decisions": [{"type": "approve"}]})
+    parked = {}
+    for name in ("crashed", "reference"):
+        first = await warden.run("email", context=email_context, workspace=workspace)
+        config = warden.config(first.thread_id, email_context)
+        await app.ainvoke(approve, config, context=email_context, interrupt_before=["act"])
+        parked[name] = (config, await app.aget_state(config))
+    # The reference thread runs `act` for real; its saved writes are what the crashed
+    # thread's `act` would have saved before the process died.
+    ref_config, ref_parked = parked["reference"]
+    await app.ainvoke(None, ref_config, context=email_context, interrupt_after=["act"])
+    saved = await saver.aget_tuple(ref_parked.config)
+    act_writes = [(ch, v) for tid, ch, v in saved.pending_writes if tid == ref_parked.tasks[0].id]
+    assert any(ch == "messages" for ch, _ in act_writes)
+    crash_config, crash_parked = parked["crashed"]
+    await saver.aput_writes(crash_parked.config, act_writes, crash_parked.tasks[0].id)
+
+    thread_id = crash_config["configurable"]["thread_id"]
+    crashed = await app.aget_state(crash_config)
+    assert crashed.next == () and crashed.tasks  # how LangGraph shows it
+    assert (await warden.status(thread_id)).status == "in_progress"
+
+    cancelled = await warden.cancel(thread_id)
+    assert cancelled.halt_reason == "cancelled"
+    history = await warden.history(thread_id)
+    results = [m for m in history["messages"] if m["type"] == "tool"]
+    assert [(m["name"], m["status"]) for m in results] == [("send_email", "success")]
+    assert cancelled.usage["tool_calls"] == 1
+    assert cancelled.usage["model_calls"] == 1  # the model was not called again
+    # Only the reference thread's act really ran: one email in all.
+    assert (outbox / "outbox.jsonl").read_text().count("\n") == 1

@@ -101,3 +101,14 @@ def test_terminal_rejection_with_a_reason(database_url, tmp_path, workspace, ema
     assert [(a["decision"], a["message"]) for a in history["approvals"]] == [("reject", "not today")]
     rejection = next(m for m in history["messages"] if m["type"] == "tool")
     assert "not today" in rejection["content"] and rejection["status"] == "error"
+
+
+def test_demo_asks_on_a_terminal_then_resumes_and_halts_on_the_loop(database_url, tmp_path) -> None:
+    env = env_for(database_url, tmp_path)
+    code, screen = drive([str(WARDEN), "demo"], env, [("[a]pprove", "a")], timeout=90)
+    assert code == 0, screen
+    assert "auto-approved" not in screen and "no terminal" not in screen
+    assert "resume from Postgres" in screen
+    assert '"halt_reason": "loop"' in screen
+    assert '"reviewer": "demo-user"' in screen
+    assert (tmp_path / "data" / "outbox" / "outbox.jsonl").read_text().count("\n") == 1
