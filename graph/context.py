@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from graph.policy import TIERS, Policy, Tier
@@ -113,15 +113,19 @@ class Context:
                 raise ValueError(f"per-tool limit for {tool!r} must be >= 0, got {limit}")
         return value
 
-    @field_validator("loop_window")
-    @classmethod
-    def _window_holds_repeats(cls, value: int, info: ValidationInfo) -> int:
+    @model_validator(mode="after")
+    def _window_holds_repeats(self) -> Context:
         # A threshold the window cannot hold would silently switch that loop check off.
+        # An after-validator runs whether or not `loop_window` was given explicitly, so a
+        # Context that builds also round-trips through its stored JSON.
         for name in ("loop_repeat_threshold", "loop_error_repeats", "loop_observation_repeats"):
-            needed = info.data.get(name, 0)
-            if needed > value:
-                raise ValueError(f"a window of {value} cannot hold {name} = {needed} repetitions")
-        return value
+            needed = getattr(self, name)
+            if needed > self.loop_window:
+                raise ValueError(
+                    f"loop_window: a window of {self.loop_window} cannot hold {name} = "
+                    f"{needed} repetitions"
+                )
+        return self
 
     @property
     def policy(self) -> Policy:

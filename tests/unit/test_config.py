@@ -590,3 +590,35 @@ def test_cost_usd(price: ModelPrice | None, tokens: tuple[int, int], cost: float
 def test_model_price_validation(raw: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         ModelPrice.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"loop_observation_repeats": 50}, id="threshold-over-default-window"),
+        pytest.param({"loop_repeat_threshold": 13}, id="repeat-over-default-window"),
+        pytest.param({"loop_window": 5, "loop_error_repeats": 6}, id="explicit-window"),
+    ],
+)
+def test_a_window_too_small_for_a_threshold_is_refused_with_or_without_an_explicit_window(
+    fields: dict[str, int],
+) -> None:
+    with pytest.raises(ConfigError, match="loop_window: a window of"):
+        make_context(fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"loop_observation_repeats": 50, "loop_window": 60},
+        {"max_steps": 1000, "prices": {"m": {"input_per_mtok": 1, "output_per_mtok": 2}}},
+        {"ask_tiers": ("write",), "allowed_tools": ("read_file",), "tier_overrides": {"x": "read"}},
+    ],
+)
+def test_every_buildable_context_round_trips_through_its_stored_json(fields: dict) -> None:
+    # A run's Context is stored in state and rebuilt at every node.
+    from graph.context import context_from_json, context_to_json
+
+    ctx = make_context(fields)
+    assert context_from_json(context_to_json(ctx)) == ctx
