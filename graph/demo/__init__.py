@@ -27,6 +27,11 @@ TASK = (
 )
 
 
+def _count_lines(path: Path) -> int:
+    """Count records in a JSON-lines file (0 when it does not exist)."""
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 async def run_demo(settings: Settings, *, interactive: bool) -> int:
     """Run the scenario; return 0 when every stage behaved as designed."""
     console = Console(stderr=True, highlight=False)
@@ -35,6 +40,8 @@ async def run_demo(settings: Settings, *, interactive: bool) -> int:
     shutil.copytree(WORKSPACE, workspace)
     ctx = make_context({"model": f"scripted:{SCRIPT}", "max_steps": 12, "max_tool_calls": 12})
     where = settings.database_url or f"embedded Postgres in {settings.data_dir / 'pgdata'}"
+    outbox = settings.data_dir / "outbox" / "outbox.jsonl"
+    sent_before = _count_lines(outbox)
     console.rule("[bold]Warden demo")
     console.print(f"task: {TASK}\nmodel: scripted ({SCRIPT.name})\ndatabase: {where}", soft_wrap=True)
 
@@ -62,8 +69,6 @@ async def run_demo(settings: Settings, *, interactive: bool) -> int:
         history = await warden.history(first.thread_id)
 
     console.rule("report")
-    outbox = settings.data_dir / "outbox" / "outbox.jsonl"
-    sent = outbox.read_text().count("\n") if outbox.exists() else 0
     summary = {
         "thread_id": final.thread_id,
         "status": final.status,
@@ -75,7 +80,8 @@ async def run_demo(settings: Settings, *, interactive: bool) -> int:
             {k: a[k] for k in ("tool", "decision", "reviewer")} for a in history["approvals"]
         ],
         "checkpoints": len(history["checkpoints"]),
-        "emails_in_outbox": sent,
+        "emails_sent": _count_lines(outbox) - sent_before,
+        "outbox": str(outbox),
     }
     console.print_json(json.dumps(summary, default=str))
     console.print(

@@ -795,6 +795,7 @@ def test_demo_embedded_non_interactive(tmp_path: Path) -> None:
     emails = (data / "outbox" / "outbox.jsonl").read_text().splitlines()
     assert len(emails) == 1
     assert json.loads(emails[0])["to"] == "oncall@example.com"
+    assert '"emails_sent": 1' in proc.stderr
     assert (data / "pgdata").is_dir()
     threads = subprocess.run(
         [str(WARDEN), "threads", "--json"],
@@ -808,3 +809,11 @@ def test_demo_embedded_non_interactive(tmp_path: Path) -> None:
     assert threads.returncode == 0, threads.stderr
     [row] = json.loads(threads.stdout)
     assert (row["status"], row["halt_reason"]) == ("halted", "loop")
+    # A second demo on the same data dir reports what it sent, not the outbox's total.
+    again = subprocess.run(
+        [str(WARDEN), "demo"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        env=env, cwd=tmp_path, timeout=180,
+    )
+    assert again.returncode == 0, again.stderr
+    assert '"emails_sent": 1' in again.stderr
+    assert len((data / "outbox" / "outbox.jsonl").read_text().splitlines()) == 2
