@@ -7,13 +7,15 @@ validated and coerced with clear errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from graph.policy import TIERS, Policy, Tier
+from graph.policy import TIERS, ArgRule, Policy, Tier
 from graph.pricing import DEFAULT_PRICES, ModelPrice
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -95,6 +97,30 @@ class Context:
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="System prompt.")
     max_task_chars: int = Field(
         default=20_000, ge=1, description="Largest task accepted, in characters."
+    )
+    profile: str | None = Field(default=None, description="Policy profile this run uses.")
+    arg_rules: tuple[ArgRule, ...] = Field(
+        default=(), description="Argument rules that turn a call into ask or deny."
+    )
+    egress_allowlist: tuple[str, ...] | None = Field(
+        default=None, description="Hosts network tools may reach (None: the tool's own list)."
+    )
+    fallback_models: tuple[str, ...] = Field(
+        default=(), description="Models tried in order when the main model keeps failing."
+    )
+    model_retries: int = Field(default=3, ge=0, le=10, description="Retries per model call.")
+    requests_per_minute: float | None = Field(
+        default=None, gt=0, description="Client-side model request rate limit (per process)."
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, gt=0, description="Client-side model token rate limit (per process)."
+    )
+    flag_injection_in_task: bool = Field(
+        default=True, description="Run the injection detector on the task (flag, not block)."
+    )
+    redact: tuple[str, ...] = Field(
+        default=("email", "phone", "card", "national_id", "secret", "url_password"),
+        description="Kinds of secrets and PII redacted from logs, traces, history and reports.",
     )
 
     @field_validator("ask_tiers", "deny_tiers", mode="before")
@@ -183,3 +209,24 @@ def run_context(state: Mapping[str, Any], given: Context | None) -> Context:
     if recorded is not None:
         return context_from_json(recorded)
     return given if given is not None else Context()
+
+
+# The Context of the run whose tool is executing. `act` sets it around each call so a
+# tool can honour per-run settings (e.g. the egress allowlist) without the model being
+# able to pass them as arguments; contextvars follow asyncio tasks and worker threads.
+_CURRENT_RUN: ContextVar[Context | None] = ContextVar("warden_current_run", default=None)
+
+
+def current_run_context() -> Context | None:
+    """Return the Context of the run whose tool call is executing, if any."""
+    return _CURRENT_RUN.get()
+
+
+@contextmanager
+def running_under(ctx: Context) -> Iterator[None]:
+    """Make `ctx` the current run's Context for the duration of a tool call."""
+    token = _CURRENT_RUN.set(ctx)
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)

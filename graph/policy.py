@@ -6,9 +6,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 Tier = Literal["read", "write", "irreversible", "destructive"]
 TIERS: tuple[Tier, ...] = ("read", "write", "irreversible", "destructive")
 Decision = Literal["allow", "ask", "deny"]
+
+
+class ArgRule(BaseModel):
+    """A rule on one argument of one tool that turns a call into `ask` or `deny`.
+
+    Exactly one condition is set: recipients outside `domains_not_in`, SQL touching one
+    of `tables`, a number greater than `gt`, a string matching `matches` (a regex).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tool: str = Field(min_length=1)
+    arg: str = Field(min_length=1)
+    action: Literal["ask", "deny"]
+    domains_not_in: tuple[str, ...] | None = None
+    tables: tuple[str, ...] | None = None
+    gt: float | None = None
+    matches: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

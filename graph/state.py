@@ -173,6 +173,12 @@ class State(TypedDict):
     """End-of-run report written by `halt`."""
     run_context: dict[str, Any] | None
     """The Context the current run started with; a resume continues under it."""
+    data_nonce: str
+    """Unguessable per-run delimiter that fences untrusted tool output for the model."""
+    tainted: bool
+    """True once the run has seen instruction-like content in untrusted data."""
+    flags: Annotated[list[dict[str, Any]], operator.add]
+    """Injection and policy flags recorded during runs (what, where, why)."""
 
 
 class InputState(TypedDict):

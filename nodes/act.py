@@ -12,7 +12,7 @@ from langchain_core.messages import ToolCall, ToolMessage
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from graph.context import Context, run_context
+from graph.context import Context, run_context, running_under
 from graph.hitl import first_error
 from graph.loops import args_hash, call_fingerprint, push
 from graph.routing import pending_tool_calls, proposed_loop
@@ -154,7 +154,8 @@ def make_act_node(
             remaining = ctx.max_seconds - state["usage"]["active_seconds"] - (
                 time.perf_counter() - clock.started
             )
-            message = await execute(tools[call["name"]], call, args, remaining)
+            with running_under(ctx):
+                message = await execute(tools[call["name"]], call, args, remaining)
             if note:
                 message = message.model_copy(update={"content": note + message.text})
             results.append(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -97,6 +98,8 @@ def make_plan_node(
             warnings_seen = []
             update |= {
                 "run_context": context_to_json(ctx),
+                "data_nonce": secrets.token_hex(8),
+                "tainted": False,
                 "loop": empty_loop_state(),
                 "stop": None,
                 "halt_reason": None,

@@ -10,6 +10,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel
 
 from graph.policy import TIERS, Tier
+from tools.errors import TransientToolError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,6 +22,8 @@ class ToolSpec:
     scopes: frozenset[str] = frozenset()
     timeout: float = 30.0
     idempotent: bool = False
+    transient: tuple[type[BaseException], ...] = (TransientToolError, TimeoutError)
+    retries: int = 2
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
