@@ -161,6 +161,7 @@ class Context:
             deny_tiers=frozenset(self.deny_tiers),
             tier_overrides=dict(self.tier_overrides),
             allow_tools=None if self.allowed_tools is None else frozenset(self.allowed_tools),
+            rules=tuple(self.arg_rules),
         )
 
     @property

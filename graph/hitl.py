@@ -63,15 +63,17 @@ class PendingCall(TypedDict):
     args: dict[str, Any]
     tier: str
     reasoning: str
+    policy_reason: NotRequired[str]
     in_doubt: NotRequired[bool]
 
 
 def describe(call: PendingCall) -> str:
     """Write the reviewer-facing description: tool, tier and the model's reasoning."""
     reasoning = call["reasoning"].strip() or "(the model gave no reasoning)"
+    why = f"\nApproval needed because: {call['policy_reason']}" if call.get("policy_reason") else ""
     return (
         f"Tool `{call['name']}` (risk tier: {call['tier']}) wants to run with the "
-        f"arguments shown.\nModel's reasoning: {reasoning}"
+        f"arguments shown.{why}\nModel's reasoning: {reasoning}"
     )
 
 

@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
 
 from graph.context import Context
 from graph.loops import call_fingerprint, detect_proposed_loop
-from graph.policy import Tier
+from graph.policy import CallDecision, Tier
 from graph.state import HaltReason, State, Usage, empty_usage
 
 
@@ -65,12 +65,25 @@ def before_model(usage: Usage, ctx: Context) -> Verdict | None:
     return None
 
 
+def call_decision(
+    call: ToolCall, ctx: Context, tiers: Mapping[str, Tier], *, tainted: bool = False
+) -> CallDecision:
+    """Decide one call from its tool, arguments and the run's taint."""
+    return ctx.policy.decide_call(call["name"], call["args"], tiers, tainted=tainted)
+
+
 def before_tools(
-    usage: Usage, batch: Sequence[ToolCall], ctx: Context, tiers: Mapping[str, Tier]
+    usage: Usage,
+    batch: Sequence[ToolCall],
+    ctx: Context,
+    tiers: Mapping[str, Tier],
+    *,
+    tainted: bool = False,
 ) -> Verdict | None:
-    """Check the budgets that must hold before a tool batch starts."""
-    policy = ctx.policy
-    runnable = [c for c in batch if policy.decide(c["name"], tiers) != "deny"]
+    """Check the budgets that must hold before a tool batch starts (refused calls don't count)."""
+    runnable = [
+        c for c in batch if call_decision(c, ctx, tiers, tainted=tainted).decision != "deny"
+    ]
     if usage["tool_calls"] + len(runnable) > ctx.max_tool_calls:
         return Verdict(
             "max_tool_calls",
@@ -112,9 +125,12 @@ def needs_approval(
 ) -> list[ToolCall]:
     """Return the calls of the batch that the policy sends to a human and nobody decided yet."""
     decided = {r["tool_call_id"] for r in state.get("approvals") or ()}
-    policy = ctx.policy
+    tainted = bool(state.get("tainted"))
     return [
-        c for c in batch if policy.decide(c["name"], tiers) == "ask" and c["id"] not in decided
+        c
+        for c in batch
+        if c["id"] not in decided
+        and call_decision(c, ctx, tiers, tainted=tainted).decision == "ask"
     ]
 
 
@@ -134,7 +150,7 @@ def route_after_plan(
     loop = proposed_loop(state, batch, ctx)
     if loop and state["loop"]["strikes"] >= 1:
         return "halt"
-    if before_tools(_usage(state), batch, ctx, tiers):
+    if before_tools(_usage(state), batch, ctx, tiers, tainted=bool(state.get("tainted"))):
         return "halt"
     if loop:
         return "act"  # act refuses the looping batch with one corrective message
@@ -171,7 +187,7 @@ def diagnose(state: State, ctx: Context, tiers: Mapping[str, Tier]) -> Verdict:
         loop = proposed_loop(state, batch, ctx)
         if loop and state["loop"]["strikes"] >= 1:
             return Verdict("loop", f"loop continued after a warning: {loop}")
-        verdict = before_tools(usage, batch, ctx, tiers)
+        verdict = before_tools(usage, batch, ctx, tiers, tainted=bool(state.get("tainted")))
         if verdict:
             return verdict
     elif messages and isinstance(messages[-1], AIMessage):

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from graph.context import Context, run_context, running_under
 from graph.hitl import first_error
 from graph.loops import args_hash, call_fingerprint, push
-from graph.routing import pending_tool_calls, proposed_loop
+from graph.routing import call_decision, pending_tool_calls, proposed_loop
 from graph.state import ApprovalRecord, State
 from nodes.accounting import NodeClock
 from tools.errors import ToolError
@@ -120,16 +120,17 @@ def make_act_node(
         results: list[ToolMessage] = []
         counted: dict[str, int] = {}
         for call in batch:
-            decision = policy.decide(call["name"], tiers)
+            decision, why = call_decision(call, ctx, tiers, tainted=bool(state.get("tainted")))
             if decision == "deny":
                 allowed = sorted(n for n in tiers if policy.decide(n, tiers) != "deny")
                 results.append(
                     tool_message(
                         call,
-                        f"refused by policy: tool {call['name']!r} is not allowed here. "
-                        f"Allowed tools: {', '.join(allowed) or 'none'}.",
+                        f"refused by policy ({why}): this call to {call['name']!r} is not "
+                        f"allowed here. Allowed tools: {', '.join(allowed) or 'none'}.",
                         status="error",
                         refused="policy",
+                        reason=why,
                     )
                 )
                 continue

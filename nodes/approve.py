@@ -18,7 +18,7 @@ from langgraph.types import interrupt
 from graph.context import Context, run_context
 from graph.hitl import PendingCall, build_request, response_schema
 from graph.loops import args_hash
-from graph.routing import needs_approval, pending_tool_calls
+from graph.routing import call_decision, needs_approval, pending_tool_calls
 from graph.state import ApprovalRecord, State, StopSignal
 from nodes.accounting import NodeClock
 from tools.registry import ToolRegistry
@@ -44,6 +44,9 @@ def make_approve_node(
                 args=c["args"],
                 tier=ctx.policy.tier_of(c["name"], tiers) or "unknown",
                 reasoning=turn.text,
+                policy_reason=call_decision(
+                    c, ctx, tiers, tainted=bool(state.get("tainted"))
+                ).reason,
             )
             for c in asking
         ]

@@ -115,7 +115,8 @@ async def test_approve_sends_the_email_once(saver, workspace: Path, outbox: Path
             "args": EMAIL,
             "description": (
                 "Tool `send_email` (risk tier: irreversible) wants to run with the arguments "
-                "shown.\nModel's reasoning: The disk is full; I will tell ops."
+                "shown.\nApproval needed because: tier irreversible needs approval"
+                "\nModel's reasoning: The disk is full; I will tell ops."
             ),
         }
     ]
@@ -398,7 +399,8 @@ async def test_unknown_tool_is_refused_and_the_run_continues(
     assert refused.status == "error"
     assert refused.name == "delete_everything"
     assert refused.text == (
-        "refused by policy: tool 'delete_everything' is not allowed here. "
+        "refused by policy (unknown tool 'delete_everything'): this call to "
+        "'delete_everything' is not allowed here. "
         "Allowed tools: list_files, read_file, send_email."
     )
     assert refused.response_metadata["warden"]["refused"] == "policy"
