@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -12,7 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.context import Context, run_context
+from graph.context import Context, run_context, with_policy
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
 from graph.state import InputState, State
@@ -31,13 +31,19 @@ def build_graph(
     model: BaseChatModel | None = None,
     tools: ToolRegistry | Iterable[ToolLike] = (),
     model_factory: ModelFactory | None = None,
+    policy: Mapping[str, Any] | None = None,
 ) -> StateGraph[State, Context, InputState, State]:
     """Return the uncompiled Warden graph.
 
     `model` is used unless a run's context names another (`Context.model`), which
-    `model_factory` resolves (default: `scripted:PATH` or `init_chat_model`). Budgets,
-    loop thresholds and policy come from the run's `Context`.
+    `model_factory` resolves (default: `scripted:PATH` or `init_chat_model`). Budgets
+    and loop thresholds come from the run's `Context`. `policy` pins the approval policy
+    (Context policy fields, e.g. from a policy-file profile): a run's context cannot
+    loosen it, which matters when API callers send the context. Without it, the run's
+    context decides.
     """
+    if policy is not None:
+        with_policy(Context(), policy)  # refuse unknown or invalid fields at build time
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
@@ -46,7 +52,10 @@ def build_graph(
     builder.add_node(  # type: ignore[call-overload]
         "plan",
         make_plan_node(
-            model=model, model_factory=model_factory or make_model_factory(), tools=registry
+            model=model,
+            model_factory=model_factory or make_model_factory(),
+            tools=registry,
+            locked_policy=policy,
         ),
     )
     builder.add_node("approve", make_approve_node(registry))  # type: ignore[call-overload]

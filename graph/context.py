@@ -188,6 +188,29 @@ class Context:
 
 _ADAPTER: TypeAdapter[Context] = TypeAdapter(Context)
 
+# The Context fields that make up the approval policy. An operator can pin them when
+# building the graph (`build_graph(policy=...)`); a run's context cannot override them.
+POLICY_FIELDS: frozenset[str] = frozenset(
+    {
+        "profile",
+        "ask_tiers",
+        "deny_tiers",
+        "tier_overrides",
+        "allowed_tools",
+        "arg_rules",
+        "egress_allowlist",
+        "max_rejections",
+    }
+)
+
+
+def with_policy(ctx: Context, policy: Mapping[str, Any]) -> Context:
+    """Return `ctx` with the operator's policy fields in place of its own."""
+    unknown = set(policy) - POLICY_FIELDS
+    if unknown:
+        raise ValueError(f"not policy fields: {', '.join(sorted(unknown))}")
+    return context_from_json({**context_to_json(ctx), **policy})
+
 
 def context_to_json(ctx: Context) -> dict[str, Any]:
     """Serialise a Context for storage."""

@@ -3,6 +3,14 @@
 The CLI and the demo are thin layers over this; an app can use it too. Each run's
 configuration (its Context and workspace) is stored in `warden_threads`, so a run
 resumed in another process keeps exactly the budgets it started with.
+
+Redaction: the views this module writes for people and logs (the outcome's
+`final_answer`, `halt_detail` and `warnings`; `history`, including the halt report;
+the task column of `threads`) pass through `graph.redaction` with the run's
+`Context.redact` kinds. A field can be exempted with `Warden(redact_skip_fields=...)`
+(a key, or a dotted path such as `report.final_answer`). The pending approval request
+is NOT redacted: a reviewer must see the real arguments of the call they approve.
+Checkpoints keep the raw values, which resuming a run needs.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +41,7 @@ from graph.context import Context, context_from_json, context_to_json
 from graph.errors import BadInput
 from graph.hitl import first_error
 from graph.models import make_model_factory
+from graph.redaction import redact, redact_obj
 from graph.settings import Settings
 from graph.state import StopSignal, empty_usage
 from nodes.plan import ModelFactory
@@ -73,8 +82,19 @@ class RunOutcome:
         return asdict(self)
 
 
-def outcome_of(thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutcome:
-    """Derive a thread's status from its latest checkpoint."""
+# Identifiers and timestamps in `history`: never secrets, and look-alikes of numbers.
+HISTORY_SKIP_FIELDS = ("thread_id", "checkpoints", "tool_call_id", "args_hash", "decided_at")
+
+
+def outcome_of(
+    thread_id: str, snapshot: StateSnapshot, ctx: Context, *, skip_fields: Iterable[str] = ()
+) -> RunOutcome:
+    """Derive a thread's status from its latest checkpoint.
+
+    `final_answer`, `halt_detail` and `warnings` are redacted with `ctx.redact` unless
+    named in `skip_fields`; `pending_approval` never is (the reviewer needs the real
+    arguments).
+    """
     values = snapshot.values or {}
     pending = snapshot.interrupts[0].value if snapshot.interrupts else None
     reason = values.get("halt_reason")
@@ -91,16 +111,22 @@ def outcome_of(thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutc
             # Ended without passing through halt, e.g. "Mark as resolved" in Agent Chat UI.
             reason, detail = "cancelled", "the thread was ended without a halt"
         status = "completed" if reason == "completed" else "error" if reason == "error" else "halted"
+    ended = status != "in_progress" and pending is None
+    skip = set(skip_fields)
+
+    def shown(field: str, text: str | None) -> str | None:
+        return text if text is None or field in skip else redact(text, ctx.redact)
+
     return RunOutcome(
         thread_id=thread_id,
         status=status,
-        halt_reason=reason if status != "in_progress" and pending is None else None,
-        halt_detail=detail if status != "in_progress" and pending is None else None,
-        final_answer=values.get("final_answer"),
+        halt_reason=reason if ended else None,
+        halt_detail=shown("halt_detail", detail) if ended else None,
+        final_answer=shown("final_answer", values.get("final_answer")),
         usage=dict(values.get("usage") or empty_usage()),
         budgets=ctx.budgets(),
         pending_approval=pending,
-        warnings=list(values.get("budget_warnings") or []),
+        warnings=[shown("warnings", w) or "" for w in values.get("budget_warnings") or []],
     )
 
 
@@ -128,8 +154,10 @@ class Warden:
         outbox: Path,
         model_factory: ModelFactory,
         progress: Progress | None = None,
+        redact_skip_fields: Iterable[str] = (),
     ) -> None:
         self.saver = saver
+        self.redact_skip_fields = tuple(redact_skip_fields)
         self.pool = saver_pool(saver)
         self.outbox = outbox
         self.model_factory = model_factory
@@ -149,6 +177,9 @@ class Warden:
     def config(thread_id: str, ctx: Context) -> RunnableConfig:
         """Return the LangGraph config for a thread, with the recursion limit from the budget."""
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": ctx.recursion_limit()}
+
+    def _outcome(self, thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutcome:
+        return outcome_of(thread_id, snapshot, ctx, skip_fields=self.redact_skip_fields)
 
     async def _stored(self, thread_id: str) -> tuple[Context, Path] | None:
         async with self.pool.connection() as conn:
@@ -183,7 +214,7 @@ class Warden:
             for node, update in chunk.items():
                 if self.progress and node != "__interrupt__" and isinstance(update, dict):
                     self.progress(node, update, ctx)
-        return outcome_of(thread_id, await graph.aget_state(config), ctx)
+        return self._outcome(thread_id, await graph.aget_state(config), ctx)
 
     async def run(
         self, task: str, *, context: Context, workspace: Path, thread_id: str | None = None
@@ -202,7 +233,7 @@ class Warden:
         thread_id = thread_id or str(uuid.uuid4())
         stored = await self._stored(thread_id)
         if stored is not None:
-            current = outcome_of(thread_id, await self._snapshot(thread_id, *stored), stored[0])
+            current = self._outcome(thread_id, await self._snapshot(thread_id, *stored), stored[0])
             if current.status in ("awaiting_approval", "in_progress"):
                 raise BadInput(
                     f"thread {thread_id} has a run that has not ended ({current.status}); "
@@ -231,7 +262,7 @@ class Warden:
     ) -> RunOutcome:
         """Answer a pending approval, or continue a run that stopped mid-way."""
         ctx, workspace, snapshot = await self._load(thread_id)
-        current = outcome_of(thread_id, snapshot, ctx)
+        current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
             if decisions is None:
                 return current
@@ -255,7 +286,7 @@ class Warden:
     async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
         """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
         ctx, workspace, snapshot = await self._load(thread_id)
-        current = outcome_of(thread_id, snapshot, ctx)
+        current = self._outcome(thread_id, snapshot, ctx)
         if current.status not in ("awaiting_approval", "in_progress"):
             raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
         graph = self.graph(workspace)
@@ -287,10 +318,10 @@ class Warden:
     async def status(self, thread_id: str) -> RunOutcome:
         """Return where a thread stands."""
         ctx, _, snapshot = await self._load(thread_id)
-        return outcome_of(thread_id, snapshot, ctx)
+        return self._outcome(thread_id, snapshot, ctx)
 
     async def history(self, thread_id: str) -> dict[str, Any]:
-        """Return a thread's messages, human decisions and checkpoints."""
+        """Return a thread's messages, human decisions, flags and checkpoints, redacted."""
         ctx, _, snapshot = await self._load(thread_id)
         checkpoints = [
             {
@@ -302,15 +333,20 @@ class Warden:
             async for t in self.saver.alist(self.config(thread_id, ctx))
         ]
         values = snapshot.values or {}
-        return {
+        view = {
             "thread_id": thread_id,
             "objective": values.get("objective"),
             "messages": [message_record(m) for m in values.get("messages", [])],
             "approvals": list(values.get("approvals") or []),
             "warnings": list(values.get("budget_warnings") or []),
+            "tainted": bool(values.get("tainted")),
+            "flags": list(values.get("flags") or []),
             "report": values.get("report"),
             "checkpoints": checkpoints[::-1],
         }
+        return redact_obj(
+            view, ctx.redact, skip_fields=(*HISTORY_SKIP_FIELDS, *self.redact_skip_fields)
+        )
 
     async def threads(self, limit: int = 50) -> list[dict[str, Any]]:
         """List recent threads started through the runtime, newest first."""
@@ -324,11 +360,15 @@ class Warden:
             ).fetchall()
         listed = []
         for row in rows:
-            result = await self.status(row["thread_id"])
+            ctx, _, snapshot = await self._load(row["thread_id"])
+            result = self._outcome(row["thread_id"], snapshot, ctx)
+            task = row["task"]
+            if "task" not in self.redact_skip_fields:
+                task = redact(task, ctx.redact)
             listed.append(
                 {
                     "thread_id": row["thread_id"],
-                    "task": row["task"],
+                    "task": task,
                     "status": result.status,
                     "halt_reason": result.halt_reason,
                     "created_at": row["created_at"].isoformat(),

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from platformdirs import user_data_path
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graph.context import Context
 from graph.errors import ConfigError, first_error
 from graph.policy import Tier
 from graph.pricing import ModelPrice
+from tools.loader import ToolEntry
 
 
 class Settings(BaseSettings):
@@ -87,6 +96,73 @@ class PolicyTable(_Table):
     max_rejections: int | None = None
 
 
+class McpServerTable(_Table):
+    """One MCP server, as langchain-mcp-adapters connects to it (`stdio` or a URL)."""
+
+    transport: Literal["stdio", "sse", "http", "streamable_http", "streamable-http", "websocket"]
+    command: str | None = Field(default=None, min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    url: str | None = Field(default=None, min_length=1)
+    headers: dict[str, str] | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> McpServerTable:
+        if self.transport == "stdio":
+            if self.command is None or self.url is not None:
+                raise ValueError("a stdio MCP server needs `command` (and `args`), not `url`")
+            if self.headers is not None or self.timeout is not None:
+                raise ValueError("`headers` and `timeout` are for URL MCP servers, not stdio")
+        elif self.url is None or self.command is not None:
+            raise ValueError(f"a {self.transport} MCP server needs `url`, not `command`")
+        elif self.args or self.env is not None or self.cwd is not None:
+            raise ValueError(
+                f"`args`, `env` and `cwd` are for stdio MCP servers, not {self.transport}"
+            )
+        return self
+
+    def connection(self) -> dict[str, Any]:
+        """Return the adapters' connection dict for this server."""
+        raw = self.model_dump(exclude_none=True)
+        if self.transport != "stdio":
+            raw.pop("args", None)
+        if self.cwd is not None:
+            raw["cwd"] = str(self.cwd)
+        return raw
+
+
+class EmailTable(_Table):
+    """SMTP settings for `send_email`; without them, email goes to the local outbox."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = Field(min_length=3)
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = Field(
+        default=None, description="Environment variable holding the SMTP password."
+    )
+
+
+class SqlTable(_Table):
+    """The database `sql_query` reads (use a least-privilege role)."""
+
+    dsn_env: str = Field(min_length=1, description="Environment variable holding the DSN.")
+    row_cap: int = Field(default=200, ge=1, le=10_000)
+    statement_timeout_ms: int = Field(default=5000, ge=1, le=600_000)
+
+
+class HttpTable(_Table):
+    """Settings of `http_fetch`; a profile's egress allowlist narrows them per run."""
+
+    allow_hosts: list[str] | None = None
+    allow_private: bool = False
+    max_bytes: int = Field(default=1_048_576, ge=1)
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class ConfigFile(_Table):
     """The `--config` TOML file. Every key is optional; CLI flags override it."""
 
@@ -100,6 +176,25 @@ class ConfigFile(_Table):
     loop: LoopTable = Field(default_factory=LoopTable)
     policy: PolicyTable = Field(default_factory=PolicyTable)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    tools: list[ToolEntry] = Field(default_factory=list)
+    policy_file: Path | None = None
+    profile: str | None = Field(default=None, min_length=1)
+    mcp_servers: dict[str, McpServerTable] = Field(default_factory=dict)
+    workspace_writable: bool = Field(
+        default=False, description="Offer write_file (least privilege: off unless asked for)."
+    )
+    email: EmailTable | None = None
+    sql: SqlTable | None = None
+    http: HttpTable = Field(default_factory=HttpTable)
+
+    @property
+    def tool_entries(self) -> tuple[ToolEntry, ...]:
+        """Return the user tools (`[[tools]]` tables), to load with `tools.loader.load_tools`."""
+        return tuple(self.tools)
+
+    def mcp_connections(self) -> dict[str, dict[str, Any]]:
+        """Return the MCP servers as connection dicts for `tools.mcp.mcp_tools`."""
+        return {name: server.connection() for name, server in self.mcp_servers.items()}
 
     def context_fields(self) -> dict[str, Any]:
         """Return the Context fields this file sets."""
@@ -151,7 +246,21 @@ def load_config_file(path: Path | None) -> ConfigFile:
         if not workspace.is_absolute():
             workspace = (path.parent / workspace).resolve()
         config = config.model_copy(update={"workspace": workspace})
+    if config.policy_file is not None:
+        config = config.model_copy(update={"policy_file": _relative_to(path, config.policy_file)})
+    if any(s.cwd is not None for s in config.mcp_servers.values()):
+        servers = {
+            name: s if s.cwd is None else s.model_copy(update={"cwd": _relative_to(path, s.cwd)})
+            for name, s in config.mcp_servers.items()
+        }
+        config = config.model_copy(update={"mcp_servers": servers})
     return config
+
+
+def _relative_to(config_path: Path, value: Path) -> Path:
+    """Resolve a path from the config file: `~` expanded, relative to the file's folder."""
+    value = value.expanduser()
+    return value if value.is_absolute() else (config_path.parent / value).resolve()
 
 
 def make_context(fields: dict[str, Any]) -> Context:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +17,8 @@ from graph.loops import args_hash, call_fingerprint, push
 from graph.routing import call_decision, pending_tool_calls, proposed_loop
 from graph.state import ApprovalRecord, State
 from nodes.accounting import NodeClock
-from tools.errors import ToolError
 from tools.registry import ToolRegistry, ToolSpec
+from tools.resilience import CircuitBreakers, CircuitOpenError, call_resiliently
 
 
 def tool_message(
@@ -50,8 +49,19 @@ def latest_decision(state: State, call_id: str) -> ApprovalRecord | None:
     return None
 
 
-async def execute(spec: ToolSpec, call: ToolCall, args: dict[str, Any], budget_s: float) -> ToolMessage:
-    """Validate and run one call within its timeout; expected failures become error results."""
+async def execute(
+    spec: ToolSpec,
+    call: ToolCall,
+    args: dict[str, Any],
+    budget_s: float,
+    breakers: CircuitBreakers | None = None,
+) -> ToolMessage:
+    """Validate and run one call: timeout, retries for transient failures, circuit breaker.
+
+    Expected failures (a `ToolError`, a declared transient error or timeout once retries
+    are spent, an open circuit) become error results the model can act on; the attempts
+    made and the breaker's state are recorded in `response_metadata["warden"]`.
+    """
     started = time.perf_counter()
     model = spec.args_model
     if model is not None:
@@ -65,22 +75,51 @@ async def execute(spec: ToolSpec, call: ToolCall, args: dict[str, Any], budget_s
                 status="error",
                 error="invalid_arguments",
             )
-    timeout = max(min(spec.timeout, budget_s), 0.001)
-    try:
-        result = await asyncio.wait_for(spec.tool.ainvoke(args), timeout=timeout)
-    except TimeoutError:
+    outcome = await call_resiliently(
+        spec.name,
+        lambda: spec.tool.ainvoke(args),
+        attempt_timeout=spec.timeout,
+        budget_s=budget_s,
+        transient=spec.transient,
+        retries=spec.retries,
+        idempotent=spec.idempotent,
+        breakers=breakers if breakers is not None else CircuitBreakers(),
+        threshold=spec.breaker_threshold,
+        cooldown=spec.breaker_cooldown,
+    )
+    meta: dict[str, Any] = {"attempts": outcome.attempts, "breaker": outcome.breaker}
+    error = outcome.error
+    tries = f" (after {outcome.attempts} attempts)" if outcome.attempts > 1 else ""
+    if isinstance(error, CircuitOpenError):
         return tool_message(
-            call, f"{spec.name} timed out after {timeout:g}s", status="error", error="timeout"
+            call,
+            f"{spec.name} is temporarily unavailable: it kept failing, so Warden is not "
+            "calling it for now. Retry later or use another approach.",
+            status="error",
+            error="unavailable",
+            refused="unavailable",
+            **meta,
         )
-    except ToolError as exc:
+    if isinstance(error, TimeoutError):
+        timeout = max(min(spec.timeout, budget_s), 0.001)
         return tool_message(
-            call, f"{spec.name} failed: {exc}", status="error", error=type(exc).__name__
+            call,
+            f"{spec.name} timed out after {timeout:g}s{tries}",
+            status="error",
+            error="timeout",
+            **meta,
+        )
+    if error is not None:
+        return tool_message(
+            call, f"{spec.name} failed{tries}: {error}", status="error", error=type(error).__name__,
+            **meta,
         )
     return tool_message(
         call,
-        render_result(result),
+        render_result(outcome.result),
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
         tier=spec.tier,
+        **meta,
     )
 
 
@@ -89,6 +128,12 @@ def make_act_node(
 ) -> Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]:
     """Build the `act` node over a tool registry."""
     tiers = tools.tiers()
+    # One circuit per tool for this compiled graph, shared by the runs of this process.
+    # In-process state is right here: a breaker is client-side protection of this process
+    # against a failing dependency, not run progress. Nothing about a run depends on it;
+    # a restart simply starts with closed circuits, which costs at most a few failed
+    # attempts before they open again.
+    breakers = CircuitBreakers()
 
     async def act(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         clock = NodeClock()
@@ -151,12 +196,13 @@ def make_act_node(
                 args = record["args"]
                 if record["decision"] == "edit":
                     note = f"[a human reviewer edited the arguments before this call ran: {json.dumps(args)}]\n"
-            counted[call["name"]] = counted.get(call["name"], 0) + 1
             remaining = ctx.max_seconds - state["usage"]["active_seconds"] - (
                 time.perf_counter() - clock.started
             )
             with running_under(ctx):
-                message = await execute(tools[call["name"]], call, args, remaining)
+                message = await execute(tools[call["name"]], call, args, remaining, breakers)
+            if message.response_metadata["warden"].get("refused") is None:
+                counted[call["name"]] = counted.get(call["name"], 0) + 1
             if note:
                 message = message.model_copy(update={"content": note + message.text})
             results.append(message)

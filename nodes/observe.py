@@ -8,6 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context, run_context
+from graph.injection import flag_record, scan
 from graph.loops import call_fingerprint, fingerprint, push, repeated
 from graph.routing import soft_warnings
 from graph.state import LoopState, State
@@ -26,6 +27,30 @@ def latest_batch(state: State) -> tuple[AIMessage | None, list[ToolMessage]]:
         else:
             break
     return None, results[::-1]
+
+
+def screen_results(results: list[ToolMessage], nonce: str | None, ctx: Context) -> list[dict[str, Any]]:
+    """Run the injection detector over tool results; return one flag record per finding.
+
+    Warden's own refusals and a human reviewer's answers carry no outside data and are
+    not scanned.
+    """
+    flags: list[dict[str, Any]] = []
+    for result in results:
+        meta = result.response_metadata.get("warden") or {}
+        if meta.get("refused") or meta.get("responded_by"):
+            continue
+        for finding in scan(result.text, nonce=nonce):
+            flags.append(
+                flag_record(
+                    finding,
+                    source="tool",
+                    tool=result.name,
+                    tool_call_id=result.tool_call_id,
+                    redact_kinds=ctx.redact,
+                )
+            )
+    return flags
 
 
 def _push_checked(window: list[str], items: list[str], size: int, threshold: int) -> tuple[list[str], bool]:
@@ -80,6 +105,11 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                         ),
                     )
                 ]
+    flags = screen_results(results, state.get("data_nonce"), ctx)
+    if flags:
+        # Once a run has seen instruction-like data it stays tainted (plan clears it
+        # at the next run): routing then sends every side-effecting call to a human.
+        update |= {"tainted": True, "flags": flags}
     usage = clock.usage(state["usage"])
     return update | {
         "loop": loop,

@@ -16,6 +16,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ToolRefused
+from tools.files import file_tools
 from tools.registry import ToolSpec
 
 MAX_READ_BYTES = 256 * 1024
@@ -52,43 +53,8 @@ def confine(root: Path, relative: str) -> Path:
 
 
 def workspace_tools(root: Path) -> list[ToolSpec]:
-    """Return `list_files` and `read_file` confined to `root`."""
-
-    def list_files(path: str = ".") -> str:
-        """List the files and directories at a path in the workspace."""
-        target = confine(root, path)
-        if not target.is_dir():
-            raise ToolRefused(f"not a directory: {path!r}")
-        entries = sorted(
-            f"{p.name}/" if p.is_dir() else p.name
-            for p in target.iterdir()
-            if not p.name.startswith(".")
-        )
-        return "\n".join(entries[:MAX_LIST_ENTRIES]) or "(empty)"
-
-    def read_file(path: str) -> str:
-        """Read a text file from the workspace."""
-        target = confine(root, path)
-        if not target.is_file():
-            raise ToolRefused(f"no such file: {path!r}")
-        if target.stat().st_size > MAX_READ_BYTES:
-            raise ToolRefused(f"file {path!r} is larger than {MAX_READ_BYTES} bytes")
-        return target.read_text(encoding="utf-8", errors="replace")
-
-    return [
-        ToolSpec(
-            tool=StructuredTool.from_function(list_files, args_schema=ListFilesArgs),
-            tier="read",
-            scopes=frozenset({"workspace:read"}),
-            idempotent=True,
-        ),
-        ToolSpec(
-            tool=StructuredTool.from_function(read_file, args_schema=ReadFileArgs),
-            tier="read",
-            scopes=frozenset({"workspace:read"}),
-            idempotent=True,
-        ),
-    ]
+    """Return `list_files` and `read_file` confined to `root` (see tools.files)."""
+    return [spec for spec in file_tools(root) if spec.tier == "read"]
 
 
 def outbox_email_tool(outbox: Path) -> ToolSpec:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
 from graph.policy import TIERS, Tier
@@ -24,12 +24,16 @@ class ToolSpec:
     idempotent: bool = False
     transient: tuple[type[BaseException], ...] = (TransientToolError, TimeoutError)
     retries: int = 2
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise ValueError(f"tool {self.tool.name!r}: unknown tier {self.tier!r}")
         if self.timeout <= 0:
             raise ValueError(f"tool {self.tool.name!r}: timeout must be > 0")
+        if self.retries < 0 or self.breaker_threshold < 1 or self.breaker_cooldown < 0:
+            raise ValueError(f"tool {self.tool.name!r}: retries and breaker settings out of range")
 
     @property
     def name(self) -> str:
@@ -54,7 +58,14 @@ def as_spec(
     """Wrap a typed function or a BaseTool into a ToolSpec (unknown risk means `write`)."""
     if isinstance(tool, ToolSpec):
         return tool
-    base = tool if isinstance(tool, BaseTool) else StructuredTool.from_function(tool)
+    if isinstance(tool, BaseTool):
+        base = tool
+    else:
+        # Async functions run as coroutines; unknown arguments are refused. Deferred
+        # import: the loader builds on this module.
+        from tools.loader import function_tool
+
+        base = function_tool(tool)
     return ToolSpec(
         tool=base, tier=tier, scopes=frozenset(scopes), timeout=timeout, idempotent=idempotent
     )

@@ -1,7 +1,8 @@
 """Warden against an OpenAI-compatible HTTP server (as vLLM, llama.cpp or Ollama expose).
 
-A small real HTTP server on 127.0.0.1 answers POST /v1/chat/completions exactly as
-OpenAI does (non-streaming): first a tool call, then a final answer, each with usage.
+A small real HTTP server on 127.0.0.1 (tests/support/openai_server.py) answers POST
+/v1/chat/completions exactly as OpenAI does (non-streaming): first a tool call, then a
+final answer, each with usage.
 The real langchain-openai client talks to it, from the graph directly and from the
 `warden` CLI (with --base-url, and with OPENAI_BASE_URL).
 """
@@ -12,11 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,121 +24,23 @@ from graph.builder import build_graph, compile_graph
 from graph.context import Context
 from graph.models import make_model_factory
 from graph.pricing import DEFAULT_PRICES, cost_usd
+from tests.support.openai_server import (
+    ANSWER,
+    ANSWER_USAGE,
+    TOOL_CALL_USAGE,
+    FakeOpenAI,
+    serve_openai,
+)
 from tools.builtin import default_tools
 
 WARDEN = Path(sys.executable).parent / "warden"
-TOOL_CALL_USAGE = {"prompt_tokens": 321, "completion_tokens": 18, "total_tokens": 339}
-ANSWER_USAGE = {"prompt_tokens": 402, "completion_tokens": 27, "total_tokens": 429}
-ANSWER = "The notes list alpha and beta."
-
-
-def completion(
-    message: dict[str, Any], finish_reason: str, usage: dict[str, int]
-) -> dict[str, Any]:
-    """Build a chat.completion object as OpenAI returns it."""
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": 1_750_000_000,
-        "model": "gpt-4o-mini",
-        "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-        ],
-        "usage": usage,
-        "service_tier": "default",
-        "system_fingerprint": "fp_warden_test",
-    }
-
-
-TOOL_CALL_RESPONSE = completion(
-    {
-        "role": "assistant",
-        "content": None,
-        "refusal": None,
-        "annotations": [],
-        "tool_calls": [
-            {
-                "id": "call_x",
-                "type": "function",
-                "function": {"name": "read_file", "arguments": '{"path": "notes.txt"}'},
-            }
-        ],
-    },
-    "tool_calls",
-    TOOL_CALL_USAGE,
-)
-ANSWER_RESPONSE = completion(
-    {"role": "assistant", "content": ANSWER, "refusal": None, "annotations": []},
-    "stop",
-    ANSWER_USAGE,
-)
-
-
-@dataclass
-class FakeOpenAI:
-    """The running server: its port and every request body it received, in order."""
-
-    port: int
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    auth: list[str | None] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
 
 @pytest.fixture
 def openai_server() -> Iterator[FakeOpenAI]:
     """Serve scripted chat completions: a tool call until a tool result is sent, then an answer."""
-    state = FakeOpenAI(port=0)
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:12]}")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            with lock:
-                state.paths.append(self.path)
-                state.requests.append(body)
-                state.auth.append(self.headers.get("Authorization"))
-            if self.path != "/v1/chat/completions":
-                self._send(
-                    404,
-                    {
-                        "error": {
-                            "message": f"no route {self.path}",
-                            "type": "invalid_request_error",
-                        }
-                    },
-                )
-                return
-            answered = any(m.get("role") == "tool" for m in body.get("messages", []))
-            self._send(200, ANSWER_RESPONSE if answered else TOOL_CALL_RESPONSE)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_openai() as server:
+        yield server
 
 
 def expected_cost() -> float:

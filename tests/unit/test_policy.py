@@ -161,3 +161,31 @@ def test_profile_selection_errors(tmp_path: Path) -> None:
         policy_file.context_fields("a", known_tools=["read_file"])
     with pytest.raises(ConfigError, match="policy file not found"):
         load_policy_file(tmp_path / "missing.toml")
+
+
+def test_a_tainted_run_sends_changing_calls_to_approval() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from graph.context import Context
+    from graph.routing import needs_approval, route_after_plan
+    from graph.state import empty_loop_state, empty_usage
+
+    turn = AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "write_file", "args": {"path": "a"}, "id": "w1", "type": "tool_call"},
+            {"name": "read_file", "args": {"path": "b"}, "id": "r1", "type": "tool_call"},
+        ],
+    )
+    state: dict[str, Any] = {
+        "messages": [HumanMessage(content="go"), turn],
+        "usage": empty_usage(),
+        "loop": empty_loop_state(),
+        "approvals": [],
+        "tainted": False,
+    }
+    ctx = Context()
+    assert route_after_plan(state, ctx, TIERS) == "act"  # type: ignore[arg-type]
+    state["tainted"] = True
+    assert route_after_plan(state, ctx, TIERS) == "approve"  # type: ignore[arg-type]
+    assert [c["id"] for c in needs_approval(turn.tool_calls, ctx, TIERS, state)] == ["w1"]  # type: ignore[arg-type]
