@@ -269,3 +269,20 @@ def make_context(fields: dict[str, Any]) -> Context:
         return Context(**fields)
     except ValidationError as exc:
         raise ConfigError(f"invalid setting {first_error(exc)}") from None
+
+
+def operator_policy(config: ConfigFile, known_tools: list[str] | None = None) -> dict[str, Any]:
+    """Return the policy an operator set: defaults, then a policy-file profile, then `[policy]`.
+
+    `known_tools`, when given, must include every tool the chosen profile names.
+    """
+    from graph.context import POLICY_FIELDS, context_to_json
+    from graph.policy import load_policy_file
+
+    fields = {k: v for k, v in context_to_json(Context()).items() if k in POLICY_FIELDS}
+    if config.policy_file is not None:
+        fields |= load_policy_file(config.policy_file).context_fields(config.profile, known_tools)
+    elif config.profile is not None:
+        raise ConfigError("`profile` is set but no `policy_file` names the profiles")
+    fields |= {k: v for k, v in config.context_fields().items() if k in POLICY_FIELDS}
+    return fields

@@ -170,3 +170,14 @@ def workspace(tmp_path: Path) -> Path:
 def outbox(tmp_path: Path) -> Path:
     """Where the outbox email tool delivers."""
     return tmp_path / "outbox"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the containment suite's summary line when it ran."""
+    import sys
+
+    suite = sys.modules.get("tests.integration.test_containment")
+    if suite is not None and suite.ATTEMPTED:
+        terminalreporter.write_line(
+            f"containment: {len(suite.CONTAINED)}/{len(suite.ATTEMPTED)} scenarios contained"
+        )
