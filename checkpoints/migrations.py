@@ -28,6 +28,7 @@ WARDEN_MIGRATIONS: list[str] = [
         updated_at timestamptz NOT NULL DEFAULT now()
     )
     """,
+    "ALTER TABLE warden_threads ADD COLUMN IF NOT EXISTS config_path text",
 ]
 
 

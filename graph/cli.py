@@ -21,7 +21,14 @@ from graph.context import Context
 from graph.errors import BadInput, WardenError
 from graph.hitl import ALL_DECISIONS
 from graph.runtime import RunOutcome, Warden, open_warden
-from graph.settings import Settings, load_config_file, load_settings, make_context
+from graph.settings import (
+    Settings,
+    load_config_file,
+    load_settings,
+    make_context,
+    operator_policy,
+)
+from graph.toolset import build_toolset
 
 app = typer.Typer(
     name="warden",
@@ -214,7 +221,13 @@ def run(
     async def work() -> RunOutcome:
         progress = None if as_json else show_progress
         async with open_warden(settings, progress=progress) as warden:
-            outcome = await warden.run(task, context=ctx, workspace=ws, thread_id=thread_id)
+            outcome = await warden.run(
+                task,
+                context=ctx,
+                workspace=ws,
+                thread_id=thread_id,
+                config_path=config.resolve() if config is not None else None,
+            )
             return await settle(
                 warden, outcome, approve_all=approve_all, no_input=no_input,
                 reviewer=reviewer or default_reviewer(),
@@ -249,8 +262,13 @@ def _prepare(
     ws = (workspace or file.workspace or Path.cwd()).expanduser().resolve()
     if not ws.is_dir():
         fail(f"workspace {ws} is not a directory")
-    fields = file.context_fields() | {k: v for k, v in overrides.items() if v is not None}
     try:
+        # Built here so that bad tool entries and profiles naming unknown tools fail now,
+        # with one line, before anything is stored.
+        names = [spec.name for spec in build_toolset(ws, settings.data_dir, file)]
+        policy = operator_policy(file, names) if config is not None else {}
+        fields = policy | file.context_fields()
+        fields |= {k: v for k, v in overrides.items() if v is not None}
         ctx = make_context(fields | {"model": chosen})
     except WardenError as exc:
         fail(str(exc))

@@ -42,8 +42,9 @@ from graph.errors import BadInput
 from graph.hitl import first_error
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
-from graph.settings import Settings
+from graph.settings import Settings, load_config_file
 from graph.state import StopSignal, empty_usage
+from graph.toolset import build_toolset
 from nodes.plan import ModelFactory
 from tools.builtin import default_tools
 
@@ -56,6 +57,8 @@ EXIT_CODES: dict[Status, int] = {
     "in_progress": 1,
 }
 Progress = Callable[[str, dict[str, Any], Context], None]
+Setup = tuple[Path, Path | None]
+"""Where a thread's tools come from: its workspace and its config file, if any."""
 
 
 @dataclass
@@ -162,16 +165,27 @@ class Warden:
         self.outbox = outbox
         self.model_factory = model_factory
         self.progress = progress
-        self._graphs: dict[Path, CompiledStateGraph[Any, Any, Any, Any]] = {}
+        self._graphs: dict[Setup, CompiledStateGraph[Any, Any, Any, Any]] = {}
 
-    def graph(self, workspace: Path) -> CompiledStateGraph[Any, Any, Any, Any]:
-        """Return the compiled graph whose tools are confined to `workspace`."""
-        if workspace not in self._graphs:
-            builder = build_graph(
-                tools=default_tools(workspace, self.outbox), model_factory=self.model_factory
-            )
-            self._graphs[workspace] = compile_graph(builder, self.saver)
-        return self._graphs[workspace]
+    def graph(
+        self, workspace: Path, config_path: Path | None = None
+    ) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """Return the compiled graph whose tools are confined to `workspace`.
+
+        With a config file, the tools are the ones it configures (built-ins and the
+        user's own); without one, the default workspace and outbox tools.
+        """
+        key = (workspace, config_path)
+        if key not in self._graphs:
+            if config_path is None:
+                tools = default_tools(workspace, self.outbox)
+            else:
+                tools = build_toolset(
+                    workspace, self.outbox.parent, load_config_file(config_path)
+                )
+            builder = build_graph(tools=tools, model_factory=self.model_factory)
+            self._graphs[key] = compile_graph(builder, self.saver)
+        return self._graphs[key]
 
     @staticmethod
     def config(thread_id: str, ctx: Context) -> RunnableConfig:
@@ -181,32 +195,32 @@ class Warden:
     def _outcome(self, thread_id: str, snapshot: StateSnapshot, ctx: Context) -> RunOutcome:
         return outcome_of(thread_id, snapshot, ctx, skip_fields=self.redact_skip_fields)
 
-    async def _stored(self, thread_id: str) -> tuple[Context, Path] | None:
+    async def _stored(self, thread_id: str) -> tuple[Context, Setup] | None:
         async with self.pool.connection() as conn:
             row = await (
                 await conn.execute(
-                    "SELECT context, workspace FROM warden_threads WHERE thread_id = %s",
+                    "SELECT context, workspace, config_path FROM warden_threads "
+                    "WHERE thread_id = %s",
                     (thread_id,),
                 )
             ).fetchone()
         if row is None:
             return None
-        return context_from_json(row["context"]), Path(row["workspace"])
+        config = Path(row["config_path"]) if row["config_path"] else None
+        return context_from_json(row["context"]), (Path(row["workspace"]), config)
 
-    async def _snapshot(self, thread_id: str, ctx: Context, workspace: Path) -> StateSnapshot:
-        return await self.graph(workspace).aget_state(self.config(thread_id, ctx))
+    async def _snapshot(self, thread_id: str, ctx: Context, setup: Setup) -> StateSnapshot:
+        return await self.graph(*setup).aget_state(self.config(thread_id, ctx))
 
-    async def _load(self, thread_id: str) -> tuple[Context, Path, StateSnapshot]:
+    async def _load(self, thread_id: str) -> tuple[Context, Setup, StateSnapshot]:
         stored = await self._stored(thread_id)
         if stored is None:
             raise BadInput(f"unknown thread {thread_id!r}: no run with this id in the database")
-        ctx, workspace = stored
-        return ctx, workspace, await self._snapshot(thread_id, ctx, workspace)
+        ctx, setup = stored
+        return ctx, setup, await self._snapshot(thread_id, ctx, setup)
 
-    async def _drive(
-        self, thread_id: str, ctx: Context, workspace: Path, payload: Any
-    ) -> RunOutcome:
-        graph = self.graph(workspace)
+    async def _drive(self, thread_id: str, ctx: Context, setup: Setup, payload: Any) -> RunOutcome:
+        graph = self.graph(*setup)
         config = self.config(thread_id, ctx)
         async for chunk in graph.astream(
             payload, config, context=ctx, stream_mode="updates", durability="sync"
@@ -217,9 +231,19 @@ class Warden:
         return self._outcome(thread_id, await graph.aget_state(config), ctx)
 
     async def run(
-        self, task: str, *, context: Context, workspace: Path, thread_id: str | None = None
+        self,
+        task: str,
+        *,
+        context: Context,
+        workspace: Path,
+        thread_id: str | None = None,
+        config_path: Path | None = None,
     ) -> RunOutcome:
-        """Start a run (a new thread, or a follow-up on a thread whose last run ended)."""
+        """Start a run (a new thread, or a follow-up on a thread whose last run ended).
+
+        `config_path` names the config file whose tools the run uses; it is stored with
+        the thread so a resume in another process rebuilds the same tools.
+        """
         if not task.strip():
             raise BadInput("the task is empty")
         if len(task) > context.max_task_chars:
@@ -242,32 +266,34 @@ class Warden:
         async with self.pool.connection() as conn:
             await conn.execute(
                 """
-                INSERT INTO warden_threads (thread_id, task, context, workspace)
-                VALUES (%s, %s, %s, %s)
+                INSERT INTO warden_threads (thread_id, task, context, workspace, config_path)
+                VALUES (%s, %s, %s, %s, %s)
                 ON CONFLICT (thread_id) DO UPDATE
                 SET task = EXCLUDED.task, context = EXCLUDED.context,
-                    workspace = EXCLUDED.workspace, updated_at = now()
+                    workspace = EXCLUDED.workspace, config_path = EXCLUDED.config_path,
+                    updated_at = now()
                 """,
                 (
                     thread_id,
                     task,
                     json.dumps(context_to_json(context)),
                     str(workspace),
+                    str(config_path) if config_path else None,
                 ),
             )
-        return await self._drive(thread_id, context, workspace, {"task": task})
+        return await self._drive(thread_id, context, (workspace, config_path), {"task": task})
 
     async def resume(
         self, thread_id: str, *, decisions: dict[str, Any] | None = None
     ) -> RunOutcome:
         """Answer a pending approval, or continue a run that stopped mid-way."""
-        ctx, workspace, snapshot = await self._load(thread_id)
+        ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
             if decisions is None:
                 return current
             try:
-                return await self._drive(thread_id, ctx, workspace, Command(resume=decisions))
+                return await self._drive(thread_id, ctx, setup, Command(resume=decisions))
             except ValidationError as exc:
                 if is_invalid_resume(exc):
                     raise BadInput(f"decisions refused: {first_error(exc)}") from None
@@ -281,15 +307,15 @@ class Warden:
                 f"thread {thread_id} already ended ({current.halt_reason}); "
                 f"start a new run with `warden run --thread-id {thread_id} TASK`"
             )
-        return await self._drive(thread_id, ctx, workspace, None)
+        return await self._drive(thread_id, ctx, setup, None)
 
     async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
         """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
-        ctx, workspace, snapshot = await self._load(thread_id)
+        ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status not in ("awaiting_approval", "in_progress"):
             raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
-        graph = self.graph(workspace)
+        graph = self.graph(*setup)
         config = self.config(thread_id, ctx)
         if not snapshot.next and snapshot.tasks:
             # A node finished and its writes were saved, but no checkpoint followed (the
@@ -313,7 +339,7 @@ class Warden:
                 {"stop": StopSignal(reason="cancelled", detail=reason)},
                 as_node=pending,
             )
-        return await self._drive(thread_id, ctx, workspace, None)
+        return await self._drive(thread_id, ctx, setup, None)
 
     async def status(self, thread_id: str) -> RunOutcome:
         """Return where a thread stands."""
