@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +241,27 @@ _RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
 )
 
 
+_DEST_RE = re.compile(_DEST, re.IGNORECASE)
+_EXFIL_REACH = 240  # a request sits within one sentence before its destination
+
+
+def _near_destinations(pattern: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """Match an exfiltration rule only in windows that end at a destination.
+
+    The rules look back up to two clauses from a destination; searching only there
+    keeps a long text full of verbs but without addresses or URLs cheap.
+    """
+    windows: list[list[int]] = []
+    for dest in _DEST_RE.finditer(text):
+        lo, hi = max(dest.start() - _EXFIL_REACH, 0), dest.end()
+        if windows and lo <= windows[-1][1]:
+            windows[-1][1] = hi
+        else:
+            windows.append([lo, hi])
+    for lo, hi in windows:
+        yield from pattern.finditer(text, lo, hi)
+
+
 def normalise(text: str) -> str:
     """Return the text as a reader would take it: NFKC, invisible characters removed.
 
@@ -262,7 +283,11 @@ def scan(text: str, *, nonce: str | None = None) -> list[Finding]:
     plain = normalise(text)
     seen: set[tuple[str, str]] = set()
     for kind, pattern, reason in _RULES:
-        for match in pattern.finditer(plain):
+        if kind == "exfiltration":
+            matches = _near_destinations(pattern, plain)
+        else:
+            matches = pattern.finditer(plain)
+        for match in matches:
             excerpt = _excerpt(plain, match.start(), match.end())
             if (kind, excerpt) in seen:
                 continue

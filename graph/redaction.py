@@ -94,13 +94,27 @@ _SECRET_NAME = (
     r"(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
     r"private[_-]?key|auth[_-]?key|credentials?|client[_-]?secret|session[_-]?key)"
 )
+# Anchored on the secret word itself, with bounded name parts on either side, so a
+# long run of word characters cannot make the search quadratic.
 _ASSIGNMENT = re.compile(
-    rf"(?P<name>\b[A-Za-z0-9_-]*{_SECRET_NAME}[A-Za-z0-9_-]*|\b[A-Za-z0-9]*"
-    r"(?:Password|Secret|Token|ApiKey|AccessKey|PrivateKey)\b)"
+    rf"{_SECRET_NAME}[A-Za-z0-9_-]{{0,40}}"
     r"[\"']?[ \t]*(?P<op>[:=]|=>)[ \t]*"
     r"(?:\"(?P<dq>[^\"\n]{3,})\"|'(?P<sq>[^'\n]{3,})'|(?P<bare>[^\s\"',;)}\]]{3,}))",
     re.IGNORECASE,
 )
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _name_at(text: str, start: int, end: int) -> str | None:
+    """Return the whole field name around a secret word, or None if it is too long."""
+    lo = start
+    while lo > 0 and text[lo - 1] in _NAME_CHARS:
+        lo -= 1
+        if start - lo > 40:
+            return None
+    return text[lo:end]
+
+
 _PLACEHOLDER = re.compile(
     r"^(?:\*+|x+|\.+|<[^>]*>|\$\{?[\w.]+\}?|\{\{.*\}\}|%\(?\w+\)?s?|\[REDACTED[^\]]*\]|"
     r"none|null|nil|true|false|undefined|required|optional|string|str|int|bool|secret|"
@@ -129,7 +143,8 @@ def _secrets(text: str) -> Iterable[tuple[int, int]]:
     for m in _AUTH_HEADER.finditer(text):
         yield m.span("v") if m.group("v") else m.span("b")
     for m in _ASSIGNMENT.finditer(text):
-        if _NAME_TOKEN.search(m.group("name").lower()):
+        name = _name_at(text, m.start(), m.start("op"))
+        if name is None or _NAME_TOKEN.search(name.lower()):
             continue
         group = next(g for g in ("dq", "sq", "bare") if m.group(g) is not None)
         if _value_is_secret(m.group(group), m.group("op"), group != "bare"):

@@ -61,3 +61,14 @@ def test_decisions_example_validates_against_a_matching_request() -> None:
     parsed = response_schema(calls, {"send_email": SendEmailArgs}).model_validate(doc)
     assert [d.type for d in parsed.decisions] == ["approve", "edit", "reject", "respond"]
     assert parsed.reviewer == "alice"
+
+
+def test_tools_and_policy_config_example_is_valid(tmp_path: Path) -> None:
+    config = tmp_path / "warden.toml"
+    config.write_text(block("toml", "### Policy file and profiles"))
+    parsed = load_config_file(config)
+    assert parsed.policy_file == tmp_path / "policy.example.toml"
+    assert parsed.profile == "support"
+    assert [e.path for e in parsed.tool_entries] == ["mypkg.tools:lookup_order"]
+    assert parsed.email is not None and parsed.email.password_env == "SMTP_PASSWORD"
+    assert parsed.sql is not None and parsed.http.allow_hosts == ["docs.example.com"]
