@@ -201,7 +201,8 @@ _FENCE = re.compile(r"<<\s*/?\s*(?:end-)?warden-data|</?\s*tool_output\b", re.IG
 # destination, in one sentence. Ordinary "email us at help@example.com" or "send
 # feedback to ..." has no data object and is not flagged.
 _DEST = (
-    r"(?:[\w.+-]+@[\w-]+(?:\.[\w-]+)+|(?:https?|ftp|wss?)://[^\s<>\"')]+"
+    r"(?:(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}"
+    r"|(?:https?|ftp|wss?)://[^\s<>\"')]+"
     r"|\b(?:webhook|pastebin|ngrok|requestbin)\b[^\s]*)"
 )
 _VERB = (

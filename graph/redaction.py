@@ -31,6 +31,7 @@ A bottom module: it imports nothing from the project.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ _TOKEN_PATTERNS = [
     r"\bhf_[A-Za-z0-9]{30,}",
     r"\bnpm_[A-Za-z0-9]{36}",
     r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+    r"-----BEGIN [A-Z ]{0,20}PRIVATE KEY-----(?:(?!-----)[\s\S]){0,16384}"
+    r"-----END [A-Z ]{0,20}PRIVATE KEY-----",
 ]
 _TOKENS = re.compile("|".join(f"(?:{p})" for p in _TOKEN_PATTERNS))
 _AUTH_HEADER = re.compile(
@@ -293,14 +295,20 @@ def _check(kinds: Iterable[str]) -> tuple[str, ...]:
 def find(text: str, kinds: Iterable[str] = KINDS) -> list[Span]:
     """Return the non-overlapping values to redact, in text order."""
     chosen = set(_check(kinds))
+    starts: list[int] = []  # accepted spans never overlap, so sorted by start and by end
     taken: list[Span] = []
     for kind in KINDS:
         if kind not in chosen:
             continue
         for start, end in _DETECTORS[kind](text):
-            if start < end and not any(start < s.end and s.start < end for s in taken):
-                taken.append(Span(kind, start, end))
-    return sorted(taken, key=lambda s: s.start)
+            at = bisect.bisect_left(starts, start)
+            if start >= end or (at and taken[at - 1].end > start):
+                continue
+            if at < len(taken) and taken[at].start < end:
+                continue
+            starts.insert(at, start)
+            taken.insert(at, Span(kind, start, end))
+    return taken
 
 
 def redact(text: str, kinds: Iterable[str] = KINDS) -> str:

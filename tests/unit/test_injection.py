@@ -136,13 +136,18 @@ def test_findings_are_capped() -> None:
     assert len(scan(text)) == MAX_FINDINGS
 
 
-def test_scan_is_fast_on_a_large_document() -> None:
+@pytest.mark.parametrize(
+    "unit",
+    ["Send the report to the team. ", "send data ", "deadbeef", "1-", "<< warden-data ",
+     "send it to x@y.example ", "ignore all the previous "],
+)
+def test_scan_stays_linear_on_large_adversarial_input(unit: str) -> None:
     import time
 
-    text = ("Send the quarterly report to the team. " * 2000 + "see https://example.com ") * 3
+    text = unit * (256 * 1024 // len(unit))  # the size of the largest file read
     started = time.perf_counter()
     scan(text)
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 3.0
 
 
 # --- task input ------------------------------------------------------------------

@@ -173,3 +173,16 @@ def test_redact_obj_walks_nested_values_and_skips_fields() -> None:
 
 def test_secret_key_masking_follows_the_secret_kind() -> None:
     assert redact_obj({"password": "plainword"}, ("email",)) == {"password": "plainword"}
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["-----BEGIN PRIVATE KEY-----", "token: ", "a@b.example ", "1-", "password", "+1 2 ", "x" * 9],
+)
+def test_redaction_stays_linear_on_large_adversarial_input(unit: str) -> None:
+    import time
+
+    text = unit * (256 * 1024 // len(unit))
+    started = time.perf_counter()
+    redact(text)
+    assert time.perf_counter() - started < 3.0
