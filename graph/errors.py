@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+from typing import Any
+
 from pydantic import ValidationError
 
 
@@ -36,3 +40,15 @@ def first_error(exc: ValidationError) -> str:
     """Summarise a validation error in one line: `where: message`."""
     where, msg = error_location(exc)
     return f"{where}: {msg}" if where else msg
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Read a TOML file, turning every way it can fail into a one-line ConfigError."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None

@@ -10,7 +10,6 @@ The policy file (TOML) declares named profiles of these settings.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from graph.errors import ConfigError, first_error
+from graph.errors import ConfigError, first_error, read_toml
 
 Tier = Literal["read", "write", "irreversible", "destructive"]
 TIERS: tuple[Tier, ...] = ("read", "write", "irreversible", "destructive")
@@ -261,14 +260,7 @@ class PolicyFile(BaseModel):
 
 def load_policy_file(path: Path) -> PolicyFile:
     """Read and validate a policy file, with a one-line error for anything wrong."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"policy file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "policy file")
     try:
         return PolicyFile.model_validate(raw)
     except ValidationError as exc:

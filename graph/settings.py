@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from graph.context import Context
-from graph.errors import ConfigError, first_error
+from graph.errors import ConfigError, first_error, read_toml
 from graph.policy import Tier
 from graph.pricing import ModelPrice
 from tools.loader import ToolEntry
@@ -229,14 +228,7 @@ def load_config_file(path: Path | None) -> ConfigFile:
     """Read and validate a TOML config file (an empty config when no path is given)."""
     if path is None:
         return ConfigFile()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "config file")
     try:
         config = ConfigFile.model_validate(raw)
     except ValidationError as exc:
