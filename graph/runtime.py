@@ -424,4 +424,5 @@ async def open_warden(settings: Settings, *, progress: Progress | None = None) -
                 base_url=settings.openai_base_url, api_key=settings.openai_api_key
             ),
             progress=progress,
+            redact_skip_fields=settings.redact_skip_fields,
         )

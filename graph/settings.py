@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_path
 from pydantic import (
@@ -15,7 +15,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from graph.context import Context
 from graph.errors import ConfigError, first_error, read_toml
@@ -39,12 +40,23 @@ class Settings(BaseSettings):
         default=5, description="psycopg prepare threshold; `none` for PgBouncer."
     )
     pool_max_size: int = Field(default=10, ge=1)
+    redact_skip_fields: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Fields shown unredacted in history/status views (comma-separated).",
+    )
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "WARDEN_OPENAI_API_KEY")
     )
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "WARDEN_OPENAI_BASE_URL")
     )
+
+    @field_validator("redact_skip_fields", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("prepare_threshold", mode="before")
     @classmethod
@@ -61,6 +73,8 @@ def load_settings() -> Settings:
     """Read settings from the environment, with a one-line error for a bad value."""
     try:
         return Settings()
+    except SettingsError as exc:
+        raise ConfigError(f"environment setting: {str(exc).splitlines()[0]}") from None
     except ValidationError as exc:
         raise ConfigError(f"environment setting {first_error(exc)}") from None
 
@@ -179,6 +193,9 @@ class ConfigFile(_Table):
     policy_file: Path | None = None
     profile: str | None = Field(default=None, min_length=1)
     mcp_servers: dict[str, McpServerTable] = Field(default_factory=dict)
+    redact: list[str] | None = Field(
+        default=None, description="Kinds of secrets and PII redacted from views ([] for none)."
+    )
     workspace_writable: bool = Field(
         default=False, description="Offer write_file (least privilege: off unless asked for)."
     )
@@ -220,6 +237,7 @@ class ConfigFile(_Table):
             "tenant": self.tenant,
             "system_prompt": self.system_prompt,
             "max_task_chars": self.max_task_chars,
+            "redact": tuple(self.redact) if self.redact is not None else None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from graph.errors import ConfigError
@@ -66,5 +68,32 @@ def build_toolset(workspace: Path, data_dir: Path, config: ConfigFile) -> list[T
                 statement_timeout_ms=config.sql.statement_timeout_ms,
             )
         )
-    builtin = {spec.name for spec in specs}
-    return [*specs, *load_tools(config.tool_entries, reserved=builtin)]
+    specs += load_tools(config.tool_entries, reserved={spec.name for spec in specs})
+    mcp = load_mcp_tools(config)
+    clash = {spec.name for spec in specs} & {spec.name for spec in mcp}
+    if clash:
+        raise ConfigError(f"MCP tools clash with other tools: {', '.join(sorted(clash))}")
+    return [*specs, *mcp]
+
+
+def load_mcp_tools(config: ConfigFile) -> list[ToolSpec]:
+    """List the tools of the config's MCP servers (tier `irreversible`; the policy may override).
+
+    Listing is async; callers here are synchronous (start-up code, or `Warden.graph`
+    inside a running loop), so it runs on a loop of its own, in a worker thread when a
+    loop is already running. The adapters open a new session for every call, so the
+    tools do not stay bound to that loop.
+    """
+    if not config.mcp_servers:
+        return []
+    from tools.mcp import mcp_tools
+
+    def listing() -> list[ToolSpec]:
+        return asyncio.run(mcp_tools(config.mcp_connections()))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return listing()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(listing).result()

@@ -146,3 +146,55 @@ def test_bad_policy_or_tools_fail_at_start_up(setup, write_script, policy, tools
     )
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_mcp_servers_from_the_config_go_through_approval(setup, write_script) -> None:
+    from tests.integration.test_mcp import SERVER
+
+    server = setup["tmp"] / "inventory_server.py"
+    server.write_text(SERVER)
+    ledger = setup["tmp"] / "mcp-ledger.jsonl"
+    setup["config"].write_text(
+        f'workspace = "{setup["tmp"]}"\n'
+        "[mcp_servers.inventory]\n"
+        'transport = "stdio"\n'
+        f'command = "{sys.executable}"\n'
+        f'args = ["{server}", "{ledger}"]\n'
+    )
+    script = write_script(
+        [turn("reserving", call("reserve_units", sku="A-1", units=3)), turn("done")]
+    )
+    code, out, err = warden(
+        setup, "run", "reserve stock", "--config", str(setup["config"]),
+        "--model", f"scripted:{script}", "--no-input", "--json",
+    )
+    assert code == 4, err  # an MCP tool is irreversible unless the policy says otherwise
+    assert out["pending_approval"]["tiers"] == ["irreversible"]
+    assert not ledger.exists()
+    code, final, err = warden(setup, "resume", out["thread_id"], "--approve", "--json")
+    assert code == 0, err
+    assert final["status"] == "completed"
+    assert ledger.read_text().splitlines() == ['{"sku": "A-1", "units": 3}']
+
+
+def test_redaction_of_views_can_be_configured(setup, write_script) -> None:
+    script = write_script([turn("Tell ops@example.com, card 4111 1111 1111 1111.")])
+    plain = setup["tmp"] / "plain.toml"
+    plain.write_text(f'workspace = "{setup["tmp"]}"\n')
+    code, out, err = warden(
+        setup, "run", "x", "--config", str(plain), "--model", f"scripted:{script}", "--json"
+    )
+    assert code == 0, err
+    assert out["final_answer"] == "Tell [REDACTED:email], card [REDACTED:card]."
+    # Switched off per field, for the operator's views.
+    setup["env"]["WARDEN_REDACT_SKIP_FIELDS"] = "final_answer"
+    _, shown, _ = warden(setup, "status", out["thread_id"], "--json")
+    assert shown["final_answer"] == "Tell ops@example.com, card 4111 1111 1111 1111."
+    del setup["env"]["WARDEN_REDACT_SKIP_FIELDS"]
+    # Kinds chosen in the config file: only cards.
+    cards_only = setup["tmp"] / "cards.toml"
+    cards_only.write_text(f'workspace = "{setup["tmp"]}"\nredact = ["card"]\n')
+    code, out, err = warden(
+        setup, "run", "x", "--config", str(cards_only), "--model", f"scripted:{script}", "--json"
+    )
+    assert out["final_answer"] == "Tell ops@example.com, card [REDACTED:card]."
