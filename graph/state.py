@@ -45,7 +45,8 @@ class Usage(TypedDict):
     model_calls: int
     """Model calls in this run (the `max_steps` budget)."""
     tool_calls: int
-    """Tool calls started in this run, refused ones excluded."""
+    """Tool calls dispatched in this run (including ones whose arguments failed
+    validation); calls refused by policy, loop detection or an open circuit excluded."""
     tool_calls_by_name: dict[str, int]
     """Tool calls started, per tool name."""
     input_tokens: int

@@ -1,13 +1,13 @@
-"""Built-in tools for the demo and tests: a confined workspace and a local email outbox.
+"""The default tool set when no config file is given: workspace reads and a local outbox.
 
-The full production tool layer (HTTP, SQL, SMTP, sandboxing) is issue #3; these are
-real tools, confined to a directory, not stubs.
+The workspace tools come from `tools.files` (the confined, sandboxed implementation);
+`send_email` here delivers to a JSON-lines outbox instead of an SMTP server
+(`tools.email`), so the demo and tests need no mail server.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,41 +15,18 @@ from pathlib import Path
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.errors import ToolRefused
 from tools.files import file_tools
 from tools.registry import ToolSpec
-
-MAX_READ_BYTES = 256 * 1024
-MAX_LIST_ENTRIES = 500
 
 
 class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ListFilesArgs(_Args):
-    path: str = Field(default=".", max_length=1024, description="Directory inside the workspace.")
-
-
-class ReadFileArgs(_Args):
-    path: str = Field(max_length=1024, description="File path inside the workspace.")
-
-
 class SendEmailArgs(_Args):
     to: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
     subject: str = Field(max_length=998)
     body: str = Field(max_length=100_000)
-
-
-def confine(root: Path, relative: str) -> Path:
-    """Resolve a path inside the workspace, refusing anything that escapes it."""
-    if os.path.isabs(relative):
-        raise ToolRefused(f"absolute paths are not allowed: {relative!r}; use a workspace path")
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if target != base and base not in target.parents:
-        raise ToolRefused(f"path {relative!r} escapes the workspace")
-    return target
 
 
 def workspace_tools(root: Path) -> list[ToolSpec]:
