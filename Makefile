@@ -23,8 +23,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check graph nodes tools checkpoints tests
+	$(BIN)/ruff check graph nodes tools checkpoints tests bench
 	$(BIN)/mypy
+
+# Warden vs stock create_agent + AsyncPostgresSaver (issue #6); BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Pin every dependency of the dev environment (run after changing pyproject.toml).
 lock: $(STAMP)
