@@ -29,6 +29,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from graph.redaction import KINDS, redact
@@ -89,7 +90,9 @@ _INVISIBLE = re.compile(
 def _hidden_findings(text: str) -> list[Finding]:
     found: dict[str, int] = {}
     first: dict[str, int] = {}
-    for i, ch in enumerate(text):
+    # `_INVISIBLE` matches every character judged below, so only those are visited.
+    for match in _INVISIBLE.finditer(text):
+        i, ch = match.start(), match.group()
         name = _ALWAYS_HIDDEN.get(ch)
         if name is None and ch in _JOINERS:
             before = text[i - 1] if i else ""
@@ -365,8 +368,13 @@ def neutralise(body: str, nonce: str) -> str:
     return body
 
 
+@lru_cache(maxsize=4096)
 def fence(body: str, nonce: str, **attrs: object) -> str:
-    """Wrap untrusted data between delimiters that carry the run's nonce."""
+    """Wrap untrusted data between delimiters that carry the run's nonce.
+
+    Memoised: `plan` renders the whole history at every step, and a result's fenced
+    form never changes, so each is computed once instead of once per later step.
+    """
     header = " ".join(f"{k}={_attr(v)}" for k, v in attrs.items() if v is not None)
     return (
         f"{FENCE_OPEN} nonce={nonce}{' ' + header if header else ''} trust=untrusted>>\n"
