@@ -13,20 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from langchain_core.tools import StructuredTool
-from pydantic import BaseModel, ConfigDict, Field
 
+from tools.email import SendEmailArgs  # one model-facing schema for both backends
 from tools.files import file_tools
 from tools.registry import ToolSpec
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SendEmailArgs(_Args):
-    to: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
-    subject: str = Field(max_length=998)
-    body: str = Field(max_length=100_000)
 
 
 def workspace_tools(root: Path) -> list[ToolSpec]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from graph.context import Context
 from graph.policy import ArgRule
 from graph.scripted import ScriptedChatModel
 from tests.conftest import call, turn
+from tests.support.net import free_port
 from tools.calc import calculator_tool
 from tools.email import smtp_email_tool
 from tools.files import file_tools
@@ -42,12 +42,6 @@ SECRET = "TOPSECRET-7f3a9c"
 # `containment: N/N scenarios contained` line from these at the end of the session.
 ATTEMPTED: set[str] = set()
 CONTAINED: set[str] = set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,17 +14,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from langchain_core.messages import ToolCall
 
 from nodes.act import execute
+from tests.support.net import free_port
 from tools.email import message_id_for, smtp_email_tool
 from tools.errors import ToolError, TransientToolError
 from tools.registry import ToolSpec
 
 SENDER = "warden@warden.test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
