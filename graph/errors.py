@@ -25,6 +25,10 @@ class ModelOutputError(WardenError):
     """The model produced output Warden cannot act on (malformed tool calls)."""
 
 
+class ThreadBusy(WardenError):
+    """Another process is running this thread right now (it holds the thread's lock)."""
+
+
 class ScriptExhaustedError(WardenError):
     """A scripted model was asked for more turns than its script has."""
 
