@@ -29,6 +29,23 @@ WARDEN_MIGRATIONS: list[str] = [
     )
     """,
     "ALTER TABLE warden_threads ADD COLUMN IF NOT EXISTS config_path text",
+    # The idempotency ledger (checkpoints/ledger.py): one row per tool call.
+    """
+    CREATE TABLE IF NOT EXISTS warden_ledger (
+        key text PRIMARY KEY,
+        thread_id text NOT NULL,
+        tool_call_id text NOT NULL,
+        tool text NOT NULL,
+        args_hash text NOT NULL,
+        status text NOT NULL CHECK (status IN ('started', 'succeeded', 'failed')),
+        result jsonb,
+        error text,
+        attempts integer NOT NULL DEFAULT 1,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS warden_ledger_thread_id ON warden_ledger (thread_id)",
 ]
 
 

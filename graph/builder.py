@@ -69,7 +69,9 @@ def build_graph(
     def after_approve(state: State, runtime: Runtime[Context]) -> Literal["act", "plan", "halt"]:
         return route_after_approve(state, run_context(state, runtime.context))
 
-    def after_observe(state: State, runtime: Runtime[Context]) -> Literal["plan", "halt"]:
+    def after_observe(
+        state: State, runtime: Runtime[Context]
+    ) -> Literal["plan", "approve", "halt"]:
         return route_after_observe(state, run_context(state, runtime.context))
 
     builder.add_edge(START, "plan")

@@ -53,6 +53,7 @@ class HITLRequest(TypedDict):
     review_configs: list[ReviewConfig]
     tool_call_ids: list[str]
     tiers: list[str]
+    in_doubt: NotRequired[list[bool]]
 
 
 class PendingCall(TypedDict):
@@ -65,14 +66,26 @@ class PendingCall(TypedDict):
     reasoning: str
     policy_reason: NotRequired[str]
     in_doubt: NotRequired[bool]
+    doubt_detail: NotRequired[str]
+
+
+# An in-doubt call keeps the arguments it started with: its idempotency key names them.
+IN_DOUBT_DECISIONS: list[DecisionType] = ["approve", "reject", "respond"]
 
 
 def describe(call: PendingCall) -> str:
     """Write the reviewer-facing description: tool, tier and the model's reasoning."""
     reasoning = call["reasoning"].strip() or "(the model gave no reasoning)"
     why = f"\nApproval needed because: {call['policy_reason']}" if call.get("policy_reason") else ""
+    doubt = ""
+    if call.get("in_doubt"):
+        doubt = (
+            f"IN DOUBT: {call.get('doubt_detail', 'an earlier attempt has no recorded outcome')}. "
+            "It may or may not have taken effect. Approve runs it again; reject does not "
+            "(the model is told its outcome is unknown); respond gives the result yourself.\n"
+        )
     return (
-        f"Tool `{call['name']}` (risk tier: {call['tier']}) wants to run with the "
+        f"{doubt}Tool `{call['name']}` (risk tier: {call['tier']}) wants to run with the "
         f"arguments shown.{why}\nModel's reasoning: {reasoning}"
     )
 
@@ -84,11 +97,12 @@ def build_request(
     schemas = schemas or {}
     configs: list[ReviewConfig] = []
     for call in calls:
-        config = ReviewConfig(action_name=call["name"], allowed_decisions=list(ALL_DECISIONS))
+        allowed = IN_DOUBT_DECISIONS if call.get("in_doubt") else ALL_DECISIONS
+        config = ReviewConfig(action_name=call["name"], allowed_decisions=list(allowed))
         if call["name"] in schemas:
             config["args_schema"] = schemas[call["name"]]
         configs.append(config)
-    return HITLRequest(
+    request = HITLRequest(
         action_requests=[
             ActionRequest(name=c["name"], args=dict(c["args"]), description=describe(c))
             for c in calls
@@ -97,6 +111,9 @@ def build_request(
         tool_call_ids=[c["id"] for c in calls],
         tiers=[c["tier"] for c in calls],
     )
+    if any(c.get("in_doubt") for c in calls):
+        request["in_doubt"] = [bool(c.get("in_doubt")) for c in calls]
+    return request
 
 
 class _Strict(BaseModel):
@@ -166,6 +183,7 @@ def response_schema(
 ) -> type[BaseModel]:
     """Build the resume schema: exactly one valid decision per requested call, in order."""
     names = [c["name"] for c in calls]
+    doubted = [bool(c.get("in_doubt")) for c in calls]
     edit_models = {name: _edit_decision(name, args_models.get(name)) for name in set(names)}
     simple: dict[str, type[BaseModel]] = {
         "approve": ApproveDecision,
@@ -177,6 +195,11 @@ def response_schema(
         if not isinstance(raw, dict) or "type" not in raw:
             raise ValueError(f"decision {index} must be an object with a 'type'")
         kind = raw["type"]
+        if kind == "edit" and doubted[index - 1]:
+            raise ValueError(
+                f"decision {index}: {name} is in doubt and cannot be edited; approve, "
+                "reject or respond"
+            )
         model = edit_models[name] if kind == "edit" else simple.get(kind)
         if model is None:
             raise ValueError(

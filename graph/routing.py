@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
 from graph.context import Context
 from graph.loops import call_fingerprint, detect_proposed_loop
 from graph.policy import CallDecision, Tier
-from graph.state import HaltReason, State, Usage, empty_usage
+from graph.state import HaltReason, InDoubtRecord, State, Usage, empty_usage
 
 
 class Verdict(NamedTuple):
@@ -120,17 +120,39 @@ def proposed_loop(state: State, batch: Sequence[ToolCall], ctx: Context) -> str 
     )
 
 
+def undecided_doubts(state: State) -> dict[str, InDoubtRecord]:
+    """Return the in-doubt calls (by id) that no human has decided on for that attempt."""
+    decided = {
+        (r["tool_call_id"], r["in_doubt_attempt"])
+        for r in state.get("approvals") or ()
+        if "in_doubt_attempt" in r
+    }
+    return {
+        d["tool_call_id"]: d
+        for d in state.get("in_doubt") or ()
+        if (d["tool_call_id"], d["attempt"]) not in decided
+    }
+
+
 def needs_approval(
     batch: Sequence[ToolCall], ctx: Context, tiers: Mapping[str, Tier], state: State
 ) -> list[ToolCall]:
-    """Return the calls of the batch that the policy sends to a human and nobody decided yet."""
+    """Return the calls of the batch that need a human now.
+
+    Those the policy sends to a human and nobody decided yet, and those in doubt after
+    a crash (whatever the policy: running them again blindly could repeat an effect).
+    """
     decided = {r["tool_call_id"] for r in state.get("approvals") or ()}
+    doubts = undecided_doubts(state)
     tainted = bool(state.get("tainted"))
     return [
         c
         for c in batch
-        if c["id"] not in decided
-        and call_decision(c, ctx, tiers, tainted=tainted).decision == "ask"
+        if c["id"] in doubts
+        or (
+            c["id"] not in decided
+            and call_decision(c, ctx, tiers, tainted=tainted).decision == "ask"
+        )
     ]
 
 
@@ -166,12 +188,18 @@ def route_after_approve(state: State, ctx: Context) -> Literal["act", "plan", "h
     return "halt" if before_model(_usage(state), ctx) else "plan"
 
 
-def route_after_observe(state: State, ctx: Context) -> Literal["plan", "halt"]:
-    """Route after tool results: halt on a stop, a repeated loop or a budget; else plan."""
+def route_after_observe(state: State, ctx: Context) -> Literal["plan", "approve", "halt"]:
+    """Route after tool results: halt on a stop, a repeated loop or a budget; else plan.
+
+    A call that `act` left in doubt has no result yet: a human decides on it first.
+    """
     if state.get("stop"):
         return "halt"
     if state["loop"]["strikes"] > 1:
         return "halt"
+    doubts = undecided_doubts(state)
+    if any(c["id"] in doubts for c in pending_tool_calls(state["messages"])):
+        return "approve"
     return "halt" if before_model(_usage(state), ctx) else "plan"
 
 

@@ -35,6 +35,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 from pydantic import ValidationError
 
+from checkpoints.locks import thread_lock
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
@@ -255,6 +256,12 @@ class Warden:
             raise BadInput("no model configured")
         self.model_factory(context.model)  # a bad model string fails before anything is stored
         thread_id = thread_id or str(uuid.uuid4())
+        async with thread_lock(self.pool, thread_id):
+            return await self._start(task, context, workspace, thread_id, config_path)
+
+    async def _start(
+        self, task: str, context: Context, workspace: Path, thread_id: str, config_path: Path | None
+    ) -> RunOutcome:
         stored = await self._stored(thread_id)
         if stored is not None:
             current = self._outcome(thread_id, await self._snapshot(thread_id, *stored), stored[0])
@@ -286,7 +293,15 @@ class Warden:
     async def resume(
         self, thread_id: str, *, decisions: dict[str, Any] | None = None
     ) -> RunOutcome:
-        """Answer a pending approval, or continue a run that stopped mid-way."""
+        """Answer a pending approval, or continue a run that stopped mid-way.
+
+        One process at a time: a second resume of the same thread (say, two reviewers
+        approving at once) fails with ThreadBusy instead of running the call twice.
+        """
+        async with thread_lock(self.pool, thread_id):
+            return await self._resume(thread_id, decisions)
+
+    async def _resume(self, thread_id: str, decisions: dict[str, Any] | None) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":

@@ -143,6 +143,26 @@ class ApprovalRecord(TypedDict):
     """Rejection message or human response, when given."""
     decided_at: str
     """ISO-8601 timestamp."""
+    in_doubt_attempt: NotRequired[int]
+    """Set on a decision about an in-doubt call: the ledger attempt it lets run again."""
+
+
+class InDoubtRecord(TypedDict):
+    """A tool call that started but whose outcome was never recorded (the process died).
+
+    `act` records it instead of running the call again blindly; `approve` asks a human.
+    """
+
+    tool_call_id: str
+    """The call in doubt."""
+    tool: str
+    """Tool name."""
+    attempt: int
+    """The ledger's attempt number of the unfinished execution."""
+    started_at: str
+    """When that attempt started (ISO-8601)."""
+    detail: str
+    """What is known, for the reviewer."""
 
 
 class State(TypedDict):
@@ -180,6 +200,8 @@ class State(TypedDict):
     """True once the run has seen instruction-like content in untrusted data."""
     flags: Annotated[list[dict[str, Any]], operator.add]
     """Injection and policy flags recorded during runs (what, where, why)."""
+    in_doubt: Annotated[list[InDoubtRecord], operator.add]
+    """Tool calls found in doubt after a crash, each awaiting a human decision."""
 
 
 class InputState(TypedDict):

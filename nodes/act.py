@@ -8,15 +8,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain_core.messages import ToolCall, ToolMessage
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from checkpoints.db import current_pool
 from graph.context import Context, run_context, running_under
 from graph.hitl import first_error
 from graph.loops import args_hash, call_fingerprint, push
 from graph.routing import call_decision, pending_tool_calls, proposed_loop
-from graph.state import ApprovalRecord, State
+from graph.state import ApprovalRecord, InDoubtRecord, State
 from nodes.accounting import NodeClock
+from nodes.exactly_once import run_once
 from tools.registry import ToolRegistry, ToolSpec
 from tools.resilience import CircuitBreakers, CircuitOpenError, call_resiliently
 
@@ -163,7 +166,10 @@ def make_act_node(
             }
         policy = ctx.policy
         results: list[ToolMessage] = []
+        doubts: list[InDoubtRecord] = []
         counted: dict[str, int] = {}
+        pool = current_pool()
+        thread_id = get_config()["configurable"].get("thread_id") if pool else None
         for call in batch:
             decision, why = call_decision(call, ctx, tiers, tainted=bool(state.get("tainted")))
             if decision == "deny":
@@ -181,8 +187,8 @@ def make_act_node(
                 continue
             args = call["args"]
             note = ""
+            record = latest_decision(state, str(call["id"]))
             if decision == "ask":
-                record = latest_decision(state, str(call["id"]))
                 if record is None or record["decision"] not in ("approve", "edit"):
                     results.append(
                         tool_message(
@@ -199,18 +205,38 @@ def make_act_node(
             remaining = ctx.max_seconds - state["usage"]["active_seconds"] - (
                 time.perf_counter() - clock.started
             )
+            spec = tools[call["name"]]
             with running_under(ctx):
-                message = await execute(tools[call["name"]], call, args, remaining, breakers)
+                outcome = await run_once(
+                    pool,
+                    thread_id=thread_id,
+                    spec=spec,
+                    call=call,
+                    args=args,
+                    approved_attempt=(
+                        record.get("in_doubt_attempt")
+                        if record is not None and record["decision"] == "approve"
+                        else None
+                    ),
+                    run=lambda: execute(spec, call, args, remaining, breakers),  # noqa: B023
+                )
+            if not isinstance(outcome, ToolMessage):
+                doubts.append(outcome)  # no result yet: `approve` asks a human first
+                continue
+            message = outcome
             if message.response_metadata["warden"].get("refused") is None:
                 counted[call["name"]] = counted.get(call["name"], 0) + 1
             if note:
                 message = message.model_copy(update={"content": note + message.text})
             results.append(message)
-        return {
+        update: dict[str, Any] = {
             "messages": results,
             "usage": clock.usage(
                 state["usage"], tool_calls=sum(counted.values()), tool_calls_by_name=counted
             ),
         }
+        if doubts:
+            update["in_doubt"] = doubts
+        return update
 
     return act

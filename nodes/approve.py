@@ -18,7 +18,7 @@ from langgraph.types import interrupt
 from graph.context import Context, run_context
 from graph.hitl import PendingCall, build_request, response_schema
 from graph.loops import args_hash
-from graph.routing import call_decision, needs_approval, pending_tool_calls
+from graph.routing import call_decision, needs_approval, pending_tool_calls, undecided_doubts
 from graph.state import ApprovalRecord, State, StopSignal
 from nodes.accounting import NodeClock
 from tools.registry import ToolRegistry
@@ -36,6 +36,7 @@ def make_approve_node(
         ctx = run_context(state, runtime.context)
         batch = pending_tool_calls(state["messages"])
         asking = needs_approval(batch, ctx, tiers, state)
+        doubts = undecided_doubts(state)
         turn = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
         pending = [
             PendingCall(
@@ -50,6 +51,10 @@ def make_approve_node(
             )
             for c in asking
         ]
+        for call in pending:
+            if call["id"] in doubts:
+                call["in_doubt"] = True
+                call["doubt_detail"] = doubts[call["id"]]["detail"]
         answer: Any = interrupt(
             build_request(pending, schemas), response_schema=response_schema(pending, args_models)
         )
@@ -62,19 +67,37 @@ def make_approve_node(
             kind = decision.type
             args = decision.edited_action.args if kind == "edit" else call["args"]
             message = getattr(decision, "message", None)
-            records.append(
-                ApprovalRecord(
-                    tool_call_id=call["id"],
-                    tool=call["name"],
-                    decision=kind,
-                    args=args,
-                    args_hash=args_hash(args),
-                    reviewer=answer.reviewer,
-                    message=message,
-                    decided_at=now,
-                )
+            record = ApprovalRecord(
+                tool_call_id=call["id"],
+                tool=call["name"],
+                decision=kind,
+                args=args,
+                args_hash=args_hash(args),
+                reviewer=answer.reviewer,
+                message=message,
+                decided_at=now,
             )
-            if kind == "reject":
+            if call.get("in_doubt"):
+                record["in_doubt_attempt"] = doubts[call["id"]]["attempt"]
+            records.append(record)
+            if kind == "reject" and call.get("in_doubt"):
+                # Not a refusal of the model's intent: the call may well have run.
+                messages.append(
+                    ToolMessage(
+                        content=(
+                            f"Outcome unknown: this call was started earlier but Warden "
+                            f"cannot tell whether it took effect, and reviewer "
+                            f"{answer.reviewer} decided not to run it again"
+                            f"{': ' + message if message else ''}. Do not retry it "
+                            "unless asked."
+                        ),
+                        tool_call_id=call["id"],
+                        name=call["name"],
+                        status="error",
+                        response_metadata={"warden": {"refused": "in_doubt"}},
+                    )
+                )
+            elif kind == "reject":
                 rejections += 1
                 messages.append(
                     ToolMessage(

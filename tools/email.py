@@ -32,6 +32,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ToolError, TransientToolError
+from tools.idempotency import current_idempotency_key
 from tools.registry import ToolSpec
 
 # The WHATWG (HTML5) e-mail address syntax, with a dotted domain: one plain address,
@@ -205,7 +206,7 @@ def smtp_email_tool(
         """Send a plain-text email to one recipient. It cannot be undone, so a human approves it."""
         if idempotency_key is None:
             key = (config.get("metadata") or {}).get("idempotency_key")
-            idempotency_key = str(key) if key is not None else None
+            idempotency_key = str(key) if key is not None else current_idempotency_key()
         msg = smtp.build(to, subject, body, idempotency_key)
         await asyncio.to_thread(smtp.send, msg)
         return f"email sent to {to} (Message-ID {msg['Message-ID']})"

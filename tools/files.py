@@ -29,7 +29,7 @@ from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import ToolError, ToolRefused
-from tools.registry import ToolSpec
+from tools.registry import Reconciled, ToolSpec
 
 DEFAULT_MAX_READ_BYTES = 256 * 1024
 DEFAULT_MAX_WRITE_BYTES = 256 * 1024
@@ -239,7 +239,28 @@ def write_text(root: Path, relative: str, content: str, max_bytes: int) -> str:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+    return wrote(parts, data)
+
+
+def wrote(parts: tuple[str, ...], data: bytes) -> str:
+    """Return `write_file`'s result text."""
     return f"wrote {len(data)} bytes to {'/'.join(parts)}"
+
+
+def reconcile_write(root: Path, relative: str, content: str) -> Reconciled:
+    """Tell whether an in-doubt `write_file` took effect: the file already has the content.
+
+    Anything else (missing, different, unreadable) is `absent`: the write replaces the
+    whole file, so running it again is safe.
+    """
+    data = content.encode("utf-8")
+    try:
+        current = read_text(root, relative, len(data) + 1)
+    except (ToolError, OSError):
+        return Reconciled("absent")
+    if current.encode("utf-8") != data:
+        return Reconciled("absent")
+    return Reconciled("done", wrote(confined_parts(root, relative), data))
 
 
 def file_tools(
@@ -286,5 +307,6 @@ def file_tools(
             tier="write",
             scopes=frozenset({"workspace:write"}),
             idempotent=True,
+            reconcile=lambda args, _key: reconcile_write(root, args["path"], args["content"]),
         ),
     ]

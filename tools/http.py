@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.context import current_run_context
 from tools.errors import ToolError, ToolRefused, TransientToolError
+from tools.idempotency import current_idempotency_key
 from tools.registry import ToolSpec
 
 MAX_REDIRECTS = 5
@@ -271,16 +272,22 @@ class Fetcher:
         literal = _is_literal(target.host)
         if url.scheme == "https" and not literal:
             extensions["sni_hostname"] = target.host
+        headers = {
+            "Host": host_header,
+            "User-Agent": USER_AGENT,
+            "Accept": "text/html,text/plain,application/json;q=0.9,*/*;q=0.5",
+            # Uncompressed, so the size cap counts what arrives (no decompression bombs).
+            "Accept-Encoding": "identity",
+        }
+        key = current_idempotency_key()
+        if key is not None:
+            # The same key on every repetition of one tool call: servers that honour the
+            # header (the IETF httpapi draft) answer a repeat without acting twice.
+            headers["Idempotency-Key"] = key
         return client.build_request(
             "GET",
             url.copy_with(host=str(ip), fragment=None),
-            headers={
-                "Host": host_header,
-                "User-Agent": USER_AGENT,
-                "Accept": "text/html,text/plain,application/json;q=0.9,*/*;q=0.5",
-                # Uncompressed, so the size cap counts what arrives (no decompression bombs).
-                "Accept-Encoding": "identity",
-            },
+            headers=headers,
             extensions=extensions,
         )
 

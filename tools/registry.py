@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
 from graph.policy import TIERS, Tier
 from tools.errors import TransientToolError
+
+
+class Reconciled(NamedTuple):
+    """What a reconcile hook found out about a call whose outcome was never recorded."""
+
+    state: Literal["done", "absent", "unknown"]
+    """`done`: the effect is there; `absent`: it is not (running the call is safe);
+    `unknown`: the hook cannot tell."""
+    result: str = ""
+    """For `done`: the result the call would have returned."""
+
+
+Reconcile = Callable[[dict[str, Any], str], Awaitable[Reconciled] | Reconciled]
+"""`reconcile(args, idempotency_key)`, sync or async."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +40,8 @@ class ToolSpec:
     retries: int = 2
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    reconcile: Reconcile | None = None
+    """Asked, after a crash, whether an in-doubt call took effect (see checkpoints.ledger)."""
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
