@@ -170,6 +170,13 @@ async def settle(
     """Answer approvals as the flags say: approve all, ask at the terminal, or stop (exit 4)."""
     while outcome.status == "awaiting_approval" and outcome.pending_approval:
         count = len(outcome.pending_approval["action_requests"])
+        if approve_all and any(outcome.pending_approval.get("in_doubt") or ()):
+            # Approving a call that may already have taken effect is a human's call.
+            err.print(
+                "[yellow]warning:[/] a call is in doubt after a crash; --approve-all does not "
+                f"approve it: decide with `warden resume {outcome.thread_id}`"
+            )
+            return outcome
         if approve_all:
             err.print(f"[yellow]warning:[/] --approve-all: approving {count} call(s) without review")
             decisions = {"decisions": [{"type": "approve"}] * count, "reviewer": f"{reviewer} (--approve-all)"}

@@ -9,6 +9,7 @@ A config file lists them as `[[tools]]` tables:
     timeout = 10          # optional, seconds
     idempotent = true     # optional
     retries = 2           # optional, transient failures only
+    reconcile = "mypkg.tools:order_exists"   # optional, see tools.registry.Reconciled
 
 The attribute is a typed Python function (sync or async) or a LangChain `BaseTool`
 instance. A function's docstring is the description the model sees, so it is required,
@@ -50,11 +51,16 @@ class ToolEntry(BaseModel):
     timeout: float = Field(default=30.0, gt=0, le=3600, description="Per-call timeout (s).")
     idempotent: bool = Field(default=False, description="Safe to repeat with the same args.")
     retries: int = Field(default=2, ge=0, le=10, description="Retries on transient errors.")
+    reconcile: str | None = Field(
+        default=None,
+        description='Import path of `reconcile(args, idempotency_key) -> Reconciled`, which '
+        "tells after a crash whether an in-doubt call took effect.",
+    )
 
-    @field_validator("path")
+    @field_validator("path", "reconcile")
     @classmethod
-    def _import_path(cls, value: str) -> str:
-        if not _PATH.match(value):
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and not _PATH.match(value):
             raise ValueError(f"path {value!r} is not of the form package.module:attribute")
         return value
 
@@ -181,10 +187,17 @@ def load_tool(entry: ToolEntry) -> ToolSpec:
             timeout=entry.timeout,
             idempotent=entry.idempotent,
         )
+        reconcile = _resolve(entry.reconcile) if entry.reconcile else None
+        if reconcile is not None and not callable(reconcile):
+            raise ConfigError(f"reconcile {entry.reconcile!r} is not callable")
     except ConfigError as exc:
         raise ConfigError(f"tool {entry.path!r}: {exc}") from None
     transient = target.transient if isinstance(target, ToolSpec) else spec.transient
-    return dataclasses.replace(spec, retries=entry.retries, transient=transient)
+    if reconcile is None and isinstance(target, ToolSpec):
+        reconcile = target.reconcile
+    return dataclasses.replace(
+        spec, retries=entry.retries, transient=transient, reconcile=reconcile
+    )
 
 
 def load_tools(
