@@ -301,6 +301,11 @@ class Warden:
         async with thread_lock(self.pool, thread_id):
             return await self._resume(thread_id, decisions)
 
+    async def ensure_idle(self, thread_id: str) -> None:
+        """Raise ThreadBusy if another process is running the thread right now."""
+        async with thread_lock(self.pool, thread_id):
+            pass
+
     async def _resume(self, thread_id: str, decisions: dict[str, Any] | None) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)

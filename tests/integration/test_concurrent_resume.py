@@ -1,0 +1,77 @@
+"""Two `warden resume` processes approve the same call at once: one runs it, once.
+
+Stock LangGraph runs an approved call in both (each resume forks the thread). Warden's
+per-thread lock makes the second process fail fast with a one-line "busy" error (exit
+1); the email reaches the real SMTP server exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from checkpoints.ledger import ledger_key
+from tests.conftest import call, turn
+from tests.support.smtp import smtp_server
+from tools.email import message_id_for
+
+pytestmark = pytest.mark.slow
+
+WARDEN = Path(sys.executable).parent / "warden"
+# Long enough that the loser starts while the winner still holds the thread.
+HOLD_S = 8.0
+
+
+def test_two_resumes_of_one_approval_run_it_once(
+    database_url: str, write_script, workspace: Path, tmp_path: Path
+) -> None:
+    script = write_script(
+        [
+            turn("tell ops", call("send_email", to="ops@example.com", subject="s", body="b")),
+            {**turn("ops told"), "delay_seconds": HOLD_S},
+        ]
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "WARDEN_MODEL")}
+    env |= {"WARDEN_DATABASE_URL": database_url, "WARDEN_DATA_DIR": str(tmp_path / "data")}
+    thread = f"race-{uuid.uuid4()}"
+    with smtp_server() as (inbox, port):
+        config = tmp_path / "warden.toml"
+        config.write_text(f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n')
+        first = subprocess.run(
+            [
+                str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
+                str(config), "--workspace", str(workspace), "--thread-id", thread,
+                "--no-input", "--json",
+            ],
+            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        assert first.returncode == 4, first.stderr  # awaiting approval
+        resumes = [
+            subprocess.Popen(
+                [str(WARDEN), "resume", thread, "--approve", "--reviewer", f"r{i}", "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            for i in range(2)
+        ]
+        ended = [(p.wait(timeout=120), *p.communicate()) for p in resumes]
+        codes = sorted(code for code, _, _ in ended)
+        assert codes == [0, 1], ended
+        [(_, won, _)] = [e for e in ended if e[0] == 0]
+        [(_, _, busy)] = [e for e in ended if e[0] == 1]
+        assert json.loads(won)["status"] == "completed"
+        assert busy.strip().splitlines() == [
+            f"error: thread {thread} is busy: another process is running it; retry when it "
+            f"stops, or `warden cancel {thread}`"
+        ]
+        assert "Traceback" not in busy
+        assert inbox.with_message_id(
+            message_id_for(ledger_key(thread, "call_1_1"), "warden.test")
+        ) == 1
+        assert len(inbox.messages) == 1
