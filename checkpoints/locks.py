@@ -11,9 +11,9 @@ thread locked.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -38,7 +38,10 @@ async def thread_lock(
         try:
             yield
         finally:
-            await conn.execute(UNLOCK_SQL, (thread_id,))
+            # A lost session (database restarted, backend terminated) took its lock
+            # with it; failing to unlock must not turn a finished run into an error.
+            with suppress(OperationalError):
+                await conn.execute(UNLOCK_SQL, (thread_id,))
 
 
 async def thread_is_busy(

@@ -467,6 +467,7 @@ def optional_reject_message(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point of the `warden` script."""
-    # The pool logs each failed connection attempt; the CLI reports one error line instead.
-    logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    # The pool logs each failed connection attempt, and psycopg warns when it cannot close
+    # a pipeline on a lost connection; the CLI reports one error line instead.
+    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     app(args=optional_reject_message(sys.argv[1:]))
