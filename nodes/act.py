@@ -229,14 +229,16 @@ def make_act_node(
             if note:
                 message = message.model_copy(update={"content": note + message.text})
             results.append(message)
-        update: dict[str, Any] = {
+        if doubts:
+            # Hold every result back until a human decides on the calls in doubt: those
+            # that ran are in the ledger and replay (uncounted until then) on the next pass,
+            # so the batch reaches `observe` once, whole.
+            return {"in_doubt": doubts, "usage": clock.usage(state["usage"])}
+        return {
             "messages": results,
             "usage": clock.usage(
                 state["usage"], tool_calls=sum(counted.values()), tool_calls_by_name=counted
             ),
         }
-        if doubts:
-            update["in_doubt"] = doubts
-        return update
 
     return act

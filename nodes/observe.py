@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from graph.context import Context, run_context
 from graph.injection import flag_record, scan
 from graph.loops import call_fingerprint, fingerprint, push, repeated
-from graph.routing import soft_warnings
+from graph.routing import pending_tool_calls, soft_warnings, undecided_doubts
 from graph.state import LoopState, State
 from nodes.accounting import NodeClock
 from nodes.plan import WARDEN_NAME
@@ -66,6 +66,11 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Update loop windows from the latest results; on a new loop, warn once."""
     clock = NodeClock()
     ctx = run_context(state, runtime.context)
+    doubts = undecided_doubts(state)
+    if any(c["id"] in doubts for c in pending_tool_calls(state["messages"])):
+        # `act` held the batch back for a human decision on a call in doubt; the batch
+        # is observed once, after it has run.
+        return {"usage": clock.usage(state["usage"])}
     turn, results = latest_batch(state)
     loop: LoopState = dict(state["loop"])  # type: ignore[assignment]
     update: dict[str, Any] = {}

@@ -331,3 +331,25 @@ async def test_purge_ledger_deletes_only_the_given_threads(saver, tmp_path: Path
         assert await purge_ledger(conn, [gone.thread_id, "no-such-thread"]) == 1
     assert await ledger_entries(kept.pool, gone.thread_id) == []
     assert len(await ledger_entries(kept.pool, kept.thread_id)) == 1
+
+
+async def test_a_batch_with_a_call_in_doubt_is_held_back_and_observed_once(
+    saver, tmp_path: Path
+) -> None:
+    turns = [
+        turn("both", call("stamp", label="a"), call("touch", label="b")),
+        turn("finished"),
+    ]
+    thread = Thread(saver, tmp_path, turns)
+    await thread.plant("call_1_1", "stamp", {"label": "a"})
+    paused = await thread.invoke({"task": "both"})
+    assert paused["__interrupt__"][0].value["tool_call_ids"] == ["call_1_1"]
+    assert results(paused) == []  # nothing is shown to the model before the decision
+    assert lines(thread.log) == ["touch b"]  # the other call ran (and is in the ledger)
+    final = await thread.decide({"type": "approve"})
+    assert lines(thread.log) == ["touch b", "stamp a"]  # each exactly once
+    assert [m.tool_call_id for m in results(final)] == ["call_1_1", "call_1_2"]
+    assert results(final)[1].response_metadata["warden"]["replayed"] is True
+    assert final["usage"]["tool_calls"] == 2
+    assert final["usage"]["tool_calls_by_name"] == {"stamp": 1, "touch": 1}
+    assert final["halt_reason"] == "completed"

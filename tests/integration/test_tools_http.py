@@ -388,3 +388,16 @@ async def test_through_act(serve: Callable[..., Server]) -> None:
 
 def test_html_to_text_ignores_unclosed_head() -> None:
     assert html_to_text("<html><head><title>T</title><body><p>kept</p>") == "# T\n\nkept"
+
+
+async def test_ledgered_calls_send_their_idempotency_key(serve: Callable[..., Server]) -> None:
+    from tools.idempotency import idempotency_key
+
+    def echo(h: BaseHTTPRequestHandler) -> None:
+        send(h, 200, "text/plain", (h.headers.get("Idempotency-Key") or "none").encode())
+
+    server = serve({"/k": echo})
+    spec = http_fetch_tool(allow_private=True)
+    with idempotency_key("thread-1:call_1_1"):
+        assert (await fetch(spec, server.url("/k"))).endswith("\n\nthread-1:call_1_1")
+    assert (await fetch(spec, server.url("/k"))).endswith("\n\nnone")
