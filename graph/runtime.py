@@ -33,14 +33,14 @@ from langgraph.errors import is_invalid_resume
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from checkpoints.locks import thread_lock
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
 from graph.errors import BadInput
-from graph.hitl import first_error
+from graph.hitl import PendingCall, first_error, response_schema
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
 from graph.settings import Settings, load_config_file
@@ -48,6 +48,7 @@ from graph.state import StopSignal, empty_usage
 from graph.toolset import build_toolset
 from nodes.plan import ModelFactory
 from tools.builtin import default_tools
+from tools.registry import ToolRegistry
 
 Status = Literal["completed", "halted", "awaiting_approval", "error", "in_progress"]
 EXIT_CODES: dict[Status, int] = {
@@ -167,6 +168,7 @@ class Warden:
         self.model_factory = model_factory
         self.progress = progress
         self._graphs: dict[Setup, CompiledStateGraph[Any, Any, Any, Any]] = {}
+        self._args_models: dict[Setup, dict[str, type[BaseModel]]] = {}
 
     def graph(
         self, workspace: Path, config_path: Path | None = None
@@ -184,7 +186,9 @@ class Warden:
                 tools = build_toolset(
                     workspace, self.outbox.parent, load_config_file(config_path)
                 )
-            builder = build_graph(tools=tools, model_factory=self.model_factory)
+            registry = ToolRegistry.of(tools)
+            self._args_models[key] = registry.args_models()
+            builder = build_graph(tools=registry, model_factory=self.model_factory)
             self._graphs[key] = compile_graph(builder, self.saver)
         return self._graphs[key]
 
@@ -296,28 +300,41 @@ class Warden:
         """Answer a pending approval, or continue a run that stopped mid-way.
 
         One process at a time: a second resume of the same thread (say, two reviewers
-        approving at once) fails with ThreadBusy instead of running the call twice.
+        approving at once) fails with ThreadBusy instead of running the call twice. A
+        resume that cannot go ahead (an ended thread, decisions that do not fit the
+        request) is refused before the lock, so it never reports "busy".
         """
+        _, _, current = await self._check_resume(thread_id, decisions)
+        if decisions is None and current.status == "awaiting_approval":
+            return current
         async with thread_lock(self.pool, thread_id):
-            return await self._resume(thread_id, decisions)
+            # Again under the lock: another process may have moved the thread on.
+            ctx, setup, current = await self._check_resume(thread_id, decisions)
+            if decisions is None and current.status == "awaiting_approval":
+                return current
+            payload: Command[Any] | None = None if decisions is None else Command(resume=decisions)
+            try:
+                return await self._drive(thread_id, ctx, setup, payload)
+            except ValidationError as exc:
+                if is_invalid_resume(exc):
+                    raise BadInput(f"decisions refused: {first_error(exc)}") from None
+                raise
 
     async def ensure_idle(self, thread_id: str) -> None:
         """Raise ThreadBusy if another process is running the thread right now."""
         async with thread_lock(self.pool, thread_id):
             pass
 
-    async def _resume(self, thread_id: str, decisions: dict[str, Any] | None) -> RunOutcome:
+    async def _check_resume(
+        self, thread_id: str, decisions: dict[str, Any] | None
+    ) -> tuple[Context, Setup, RunOutcome]:
+        """Load a thread and refuse (BadInput) a resume that cannot go ahead."""
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
-            if decisions is None:
-                return current
-            try:
-                return await self._drive(thread_id, ctx, setup, Command(resume=decisions))
-            except ValidationError as exc:
-                if is_invalid_resume(exc):
-                    raise BadInput(f"decisions refused: {first_error(exc)}") from None
-                raise
+            if decisions is not None and current.pending_approval:
+                self._check_decisions(setup, current.pending_approval, decisions)
+            return ctx, setup, current
         if decisions is not None:
             raise BadInput(
                 f"thread {thread_id} is not awaiting approval (status: {current.status})"
@@ -327,7 +344,31 @@ class Warden:
                 f"thread {thread_id} already ended ({current.halt_reason}); "
                 f"start a new run with `warden run --thread-id {thread_id} TASK`"
             )
-        return await self._drive(thread_id, ctx, setup, None)
+        return ctx, setup, current
+
+    def _check_decisions(
+        self, setup: Setup, request: dict[str, Any], decisions: dict[str, Any]
+    ) -> None:
+        """Validate decisions with the schema `approve` will apply, before taking the lock."""
+        count = len(request["action_requests"])
+        pending = [
+            PendingCall(
+                id=call_id, name=action["name"], args=action["args"], tier=tier, reasoning="",
+                in_doubt=bool(doubt),
+            )
+            for action, call_id, tier, doubt in zip(
+                request["action_requests"],
+                request["tool_call_ids"],
+                request["tiers"],
+                request.get("in_doubt") or [False] * count,
+                strict=True,
+            )
+        ]
+        self.graph(*setup)  # builds the thread's tools, and their argument models
+        try:
+            response_schema(pending, self._args_models[setup]).model_validate(decisions)
+        except ValidationError as exc:
+            raise BadInput(f"decisions refused: {first_error(exc)}") from None
 
     async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
         """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
