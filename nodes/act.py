@@ -20,21 +20,9 @@ from graph.routing import call_decision, pending_tool_calls, proposed_loop
 from graph.state import ApprovalRecord, InDoubtRecord, State
 from nodes.accounting import NodeClock
 from nodes.exactly_once import run_once
+from nodes.results import tool_message
 from tools.registry import ToolRegistry, ToolSpec
 from tools.resilience import CircuitBreakers, CircuitOpenError, call_resiliently
-
-
-def tool_message(
-    call: ToolCall, content: str, *, status: str = "success", **meta: Any
-) -> ToolMessage:
-    """Build the result message for one call, with Warden's metadata beside it."""
-    return ToolMessage(
-        content=content,
-        tool_call_id=call["id"],
-        name=call["name"],
-        status=status,  # type: ignore[arg-type]
-        response_metadata={"warden": meta},
-    )
 
 
 def render_result(result: Any) -> str:

@@ -28,27 +28,20 @@ from checkpoints.db import Pool
 from checkpoints.ledger import LedgerEntry, claim, record_outcome, take_over
 from graph.loops import args_hash
 from graph.state import InDoubtRecord
+from nodes.results import tool_message
 from tools.idempotency import idempotency_key
 from tools.registry import Reconciled, ToolSpec
 
 Runner = Callable[[], Awaitable[ToolMessage]]
 
 
-def _message(call: ToolCall, content: str, status: str, meta: dict[str, Any]) -> ToolMessage:
-    return ToolMessage(
-        content=content,
-        tool_call_id=call["id"],
-        name=call["name"],
-        status=status,  # type: ignore[arg-type]
-        response_metadata={"warden": meta},
-    )
-
-
 def replay(call: ToolCall, entry: LedgerEntry) -> ToolMessage:
     """Rebuild the result message of a call that already ran, from the ledger."""
     stored = entry.result or {}
     meta = {**dict(stored.get("meta") or {}), "replayed": True}
-    return _message(call, str(stored.get("content", "")), str(stored.get("status", "success")), meta)
+    return tool_message(
+        call, str(stored.get("content", "")), status=str(stored.get("status", "success")), **meta
+    )
 
 
 def in_doubt_record(entry: LedgerEntry, call: ToolCall) -> InDoubtRecord:
@@ -115,12 +108,13 @@ async def run_once(
         pool, thread_id=thread_id, tool_call_id=str(call["id"]), tool=spec.name, args_hash=digest
     )
     if entry.args_hash != digest:
-        return _message(
+        return tool_message(
             call,
             f"refused: these arguments differ from the ones this call was first started "
             f"with (idempotency key {entry.key}); the call was not run",
-            "error",
-            {"refused": "args_mismatch", "error": "args_mismatch"},
+            status="error",
+            refused="args_mismatch",
+            error="args_mismatch",
         )
     if won:
         return await _attempt(pool, entry, run)
@@ -128,11 +122,11 @@ async def run_once(
         return replay(call, entry)
     found = await reconcile(spec, args, entry.key)
     if found.state == "done":
-        message = _message(
+        message = tool_message(
             call,
             found.result or f"{spec.name} had already taken effect (confirmed by reconciliation)",
-            "success",
-            {"reconciled": True, "tier": spec.tier},
+            reconciled=True,
+            tier=spec.tier,
         )
         if await record_outcome(
             pool, entry, status="succeeded", result={
