@@ -305,11 +305,18 @@ def test_sigkill_at_random_moments_then_resume(lab: Lab, scenario: str) -> None:
             assert {k: usage[k] for k in usage_keys} == {k: ref_usage[k] for k in usage_keys}, where
             assert usage["tool_calls"] == ref_usage["tool_calls"], where
             assert trial.messages == reference.messages, where
+    with psycopg.connect(lab.url) as conn:
+        ledger = conn.execute(
+            "SELECT count(*) FILTER (WHERE result->'meta'->>'reconciled' = 'true'), "
+            "count(*) FILTER (WHERE attempts > 1) FROM warden_ledger WHERE thread_id = ANY(%s)",
+            ([t.thread for t in done],),
+        ).fetchone()
     killed = sum(t.killed for t in done)
     doubted = sum(1 for t in done if any(d.startswith("in-doubt") for d in t.decisions))
     print(
         f"chaos {scenario}: {len(done)} trials, {killed} killed mid-run, {doubted} in doubt; "
         f"kill points {[t.kill_after for t in done]} of a {window:.2f}s run; "
-        f"decisions {[t.decisions for t in done]}"
+        f"decisions {[t.decisions for t in done]}; ledger: {ledger[0] if ledger else 0} "
+        f"reconciled, {ledger[1] if ledger else 0} run again"
     )
     assert killed >= len(done) // 2, "most trials must actually be killed mid-run"
