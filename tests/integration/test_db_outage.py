@@ -12,6 +12,7 @@ with the usage of an uninterrupted run; no checkpoint written before the outage 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -146,7 +147,8 @@ def embedded() -> Iterator[Embedded]:
     finally:
         pgdata = root / "data" / "pgdata"
         if (pgdata / "postmaster.pid").exists():
-            Embedded(root / "data").stop()
+            with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+                Embedded(root / "data").stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
