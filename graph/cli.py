@@ -43,6 +43,7 @@ app.add_typer(db_app, name="db")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 T = TypeVar("T")
+CANCEL_POLL_SECONDS = 0.2
 
 NO_MODEL_HELP = (
     "no model configured: pass --model (e.g. --model openai:gpt-4o-mini with OPENAI_API_KEY "
@@ -357,16 +358,35 @@ def status(
 @app.command()
 def cancel(
     thread_id: Annotated[str, typer.Argument(help="Thread to cancel.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded as the halt detail.")] = "cancelled by operator",
+    reviewer: Annotated[str | None, typer.Option(help="Who cancels (default: cli:$USER).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If the run is busy elsewhere, wait until it stops.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Cancel a thread that is awaiting approval or stopped mid-way (halt reason `cancelled`)."""
+    """Cancel a thread (halt reason `cancelled`): now if idle, at its next node if running."""
     settings = _settings()
+    who = reviewer or default_reviewer()
 
     async def work() -> RunOutcome:
         async with open_warden(settings) as warden:
-            return await warden.cancel(thread_id)
+            outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
+            while wait and outcome.status == "in_progress":
+                # Busy: the runner honours the request at its next node boundary. Asking
+                # again also covers a runner that died meanwhile: then the cancel is direct.
+                await asyncio.sleep(CANCEL_POLL_SECONDS)
+                outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
+            return outcome
 
-    report(guarded(work), as_json)
+    outcome = guarded(work)
+    if outcome.status != "in_progress":
+        report(outcome, as_json)
+    if as_json:
+        print(json.dumps(outcome.as_json() | {"cancel_requested": True}, default=str))
+    else:
+        out.print(
+            f"cancel requested for thread {thread_id}: another process is running it and stops "
+            "it at its next node boundary"
+        )
 
 
 @app.command()
@@ -393,7 +413,9 @@ def history(
         out.print(f"  [bold]{label:>14}[/] {line} {calls}".rstrip(), soft_wrap=True)
     for a in data["approvals"]:
         out.print(f"  [magenta]decision[/] {a['decision']} {a['tool']} by {a['reviewer']} at {a['decided_at']}")
-    out.print(f"  {len(data['checkpoints'])} checkpoints")
+    out.print(f"  {len(data['checkpoints'])} checkpoints (oldest first; fork with `warden fork {thread_id} --at ID`)")
+    for c in data["checkpoints"]:
+        out.print(f"    {c['checkpoint_id']}  step {c['step']:>3}  {c['source'] or '':<6} {c['ts'] or ''}")
 
 
 @app.command()

@@ -35,10 +35,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 from pydantic import ValidationError
 
+from checkpoints.cancels import request_cancel
+from checkpoints.locks import thread_lock
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
-from graph.errors import BadInput
+from graph.errors import BadInput, ThreadBusy
 from graph.hitl import first_error
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
@@ -144,6 +146,9 @@ def message_record(message: BaseMessage) -> dict[str, Any]:
         record |= {"tool_call_id": message.tool_call_id, "name": message.name, "status": message.status}
     if message.name and not isinstance(message, ToolMessage):
         record["name"] = message.name
+    injected_by = (message.response_metadata.get("warden") or {}).get("injected_by")
+    if injected_by:
+        record["injected_by"] = injected_by  # an operator's `warden inject`
     return record
 
 
@@ -255,6 +260,12 @@ class Warden:
             raise BadInput("no model configured")
         self.model_factory(context.model)  # a bad model string fails before anything is stored
         thread_id = thread_id or str(uuid.uuid4())
+        async with thread_lock(self.pool, thread_id):
+            return await self._start(task, context, workspace, thread_id, config_path)
+
+    async def _start(
+        self, task: str, context: Context, workspace: Path, thread_id: str, config_path: Path | None
+    ) -> RunOutcome:
         stored = await self._stored(thread_id)
         if stored is not None:
             current = self._outcome(thread_id, await self._snapshot(thread_id, *stored), stored[0])
@@ -286,7 +297,15 @@ class Warden:
     async def resume(
         self, thread_id: str, *, decisions: dict[str, Any] | None = None
     ) -> RunOutcome:
-        """Answer a pending approval, or continue a run that stopped mid-way."""
+        """Answer a pending approval, or continue a run that stopped mid-way.
+
+        One process at a time: a second resume of the same thread (say, two reviewers
+        approving at once) fails with ThreadBusy instead of running the call twice.
+        """
+        async with thread_lock(self.pool, thread_id):
+            return await self._resume(thread_id, decisions)
+
+    async def _resume(self, thread_id: str, decisions: dict[str, Any] | None) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
@@ -309,8 +328,25 @@ class Warden:
             )
         return await self._drive(thread_id, ctx, setup, None)
 
-    async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
-        """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
+    async def cancel(
+        self, thread_id: str, *, reason: str = "cancelled by operator", requested_by: str = "operator"
+    ) -> RunOutcome:
+        """End a thread with halt reason `cancelled`, or ask the process running it to.
+
+        A thread that is awaiting approval or stopped mid-way is ended here and now.
+        One that another process is running (it holds the thread's lock) gets a cancel
+        request in Postgres, which that run honours at its next node boundary; the
+        outcome returned then is the thread's current one, still `in_progress`.
+        """
+        await self._load(thread_id)  # an unknown thread is bad input, busy or not
+        try:
+            async with thread_lock(self.pool, thread_id):
+                return await self._cancel_now(thread_id, reason)
+        except ThreadBusy:
+            await request_cancel(self.pool, thread_id, requested_by=requested_by, reason=reason)
+            return await self.status(thread_id)
+
+    async def _cancel_now(self, thread_id: str, reason: str) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status not in ("awaiting_approval", "in_progress"):
