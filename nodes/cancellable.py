@@ -42,6 +42,9 @@ def cancellable(name: str, node: Node) -> Node:
             result = await node(state, runtime)
             await consume_cancel(pool, str(thread_id))
             return result
+        stop = state.get("stop")
+        if stop is not None and stop["reason"] == "cancelled":
+            return {}  # an earlier node honoured the request: keep its record, skip on to halt
         request = await pending_cancel(pool, str(thread_id))
         if request is None:
             return await node(state, runtime)
