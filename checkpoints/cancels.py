@@ -48,7 +48,11 @@ async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
                 (thread_id,),
             )
         ).fetchone()
-    return None if row is None else CancelRequest(requested_by=row["requested_by"], reason=row["reason"])
+    return (
+        None
+        if row is None
+        else CancelRequest(requested_by=row["requested_by"], reason=row["reason"])
+    )
 
 
 async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
@@ -61,7 +65,11 @@ async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
                 (thread_id,),
             )
         ).fetchone()
-    return None if row is None else CancelRequest(requested_by=row["requested_by"], reason=row["reason"])
+    return (
+        None
+        if row is None
+        else CancelRequest(requested_by=row["requested_by"], reason=row["reason"])
+    )
 
 
 async def purge_cancel_requests(conn: AsyncConnection[DictRow], thread_ids: Sequence[str]) -> int:

@@ -26,14 +26,19 @@ WITH RECURSIVE chain AS (
 )
 """
 
-COPY_CHECKPOINTS = CHAIN + """
+COPY_CHECKPOINTS = (
+    CHAIN
+    + """
 INSERT INTO checkpoints
     (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata)
 SELECT %(dst)s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata
 FROM chain
 """
+)
 
-COPY_BLOBS = CHAIN + """
+COPY_BLOBS = (
+    CHAIN
+    + """
 INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
 SELECT DISTINCT %(dst)s, b.checkpoint_ns, b.channel, b.version, b.type, b.blob
 FROM checkpoint_blobs b
@@ -42,8 +47,11 @@ JOIN LATERAL jsonb_each_text(chain.checkpoint -> 'channel_versions') v
     ON v.key = b.channel AND v.value = b.version
 WHERE b.thread_id = %(src)s AND b.checkpoint_ns = ''
 """
+)
 
-COPY_WRITES = CHAIN + """
+COPY_WRITES = (
+    CHAIN
+    + """
 INSERT INTO checkpoint_writes
     (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
 SELECT %(dst)s, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx, w.channel,
@@ -51,6 +59,7 @@ SELECT %(dst)s, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.task_path, w.idx,
 FROM checkpoint_writes w JOIN chain ON w.checkpoint_id = chain.checkpoint_id
 WHERE w.thread_id = %(src)s AND w.checkpoint_ns = '' AND w.checkpoint_id <> %(at)s
 """
+)
 
 
 async def copy_thread_until(

@@ -39,6 +39,11 @@ def usd(amount: float) -> Decimal:
     return Decimal(str(amount)).quantize(QUANTUM)
 
 
+def dollars(amount: Decimal) -> str:
+    """Format a stored amount for people: `$0.25`, not `$0.2500000000`."""
+    return f"${amount.normalize():f}"
+
+
 def period_starts(now: datetime) -> dict[Period, date]:
     """Return the UTC day and month that `now` falls in."""
     today = now.astimezone(UTC).date()
@@ -68,9 +73,11 @@ class Refusal:
     @property
     def detail(self) -> str:
         """Explain the refusal in one line (the run's halt detail)."""
+        period = "daily" if self.period == "day" else "monthly"
         return (
-            f"tenant {self.tenant!r} {self.period}ly spend cap ${self.cap} reached: "
-            f"${self.used} spent or reserved, the next model call needs about ${self.estimate}"
+            f"tenant {self.tenant!r} {period} spend cap {dollars(self.cap)} reached: "
+            f"{dollars(self.used)} spent or reserved, the next model call needs about "
+            f"{dollars(self.estimate)}"
         )
 
 
@@ -162,12 +169,19 @@ async def settle(pool: Pool, reservation: Reservation, actual: float) -> None:
                 "UPDATE warden_spend SET reserved_usd = reserved_usd - %s, "
                 "spent_usd = spent_usd + %s "
                 "WHERE tenant = %s AND period = %s AND period_start = %s",
-                (held["amount_usd"], usd(actual), reservation.tenant, period,
-                 reservation.starts[period]),
+                (
+                    held["amount_usd"],
+                    usd(actual),
+                    reservation.tenant,
+                    period,
+                    reservation.starts[period],
+                ),
             )
 
 
-async def release_reservations(conn: AsyncConnection[DictRow], where: str, params: Sequence[object]) -> int:
+async def release_reservations(
+    conn: AsyncConnection[DictRow], where: str, params: Sequence[object]
+) -> int:
     """Release the reservations matching `where` (nothing is counted as spent)."""
     rows = await (
         await conn.execute(
@@ -189,9 +203,7 @@ async def release_reservations(conn: AsyncConnection[DictRow], where: str, param
 async def release_stale(pool: Pool, older_than: timedelta) -> int:
     """Release reservations left by processes that died before settling them."""
     async with pool.connection() as conn, conn.transaction():
-        return await release_reservations(
-            conn, "created_at < now() - %s", (older_than,)
-        )
+        return await release_reservations(conn, "created_at < now() - %s", (older_than,))
 
 
 async def purge_reservations(conn: AsyncConnection[DictRow], thread_ids: Sequence[str]) -> int:
@@ -199,9 +211,7 @@ async def purge_reservations(conn: AsyncConnection[DictRow], thread_ids: Sequenc
     return await release_reservations(conn, "thread_id = ANY(%s)", (list(thread_ids),))
 
 
-async def set_caps(
-    pool: Pool, tenant: str, caps: dict[Period, float | None]
-) -> None:
+async def set_caps(pool: Pool, tenant: str, caps: dict[Period, float | None]) -> None:
     """Set (a number) or remove (None) the tenant's caps for the given periods."""
     async with pool.connection() as conn, conn.transaction():
         for period, cap in caps.items():
@@ -219,7 +229,9 @@ async def set_caps(
                 )
 
 
-async def spend_report(pool: Pool, tenant: str | None = None, now: datetime | None = None) -> list[dict[str, object]]:
+async def spend_report(
+    pool: Pool, tenant: str | None = None, now: datetime | None = None
+) -> list[dict[str, object]]:
     """Return each tenant's caps and its current day's and month's spend and reservations."""
     starts = period_starts(now or datetime.now(UTC))
     async with pool.connection() as conn:

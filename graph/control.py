@@ -69,7 +69,9 @@ async def inject(warden: Warden, thread_id: str, text: str, *, sender: str) -> R
         if status not in ("awaiting_approval", "in_progress"):
             return await warden._drive(thread_id, ctx, setup, {"messages": [message]})
         if snapshot.next and snapshot.next[0] == "plan":
-            return await warden._drive(thread_id, ctx, setup, Command(update={"messages": [message]}))
+            return await warden._drive(
+                thread_id, ctx, setup, Command(update={"messages": [message]})
+            )
         refused = [
             ToolMessage(
                 content=(
@@ -87,7 +89,9 @@ async def inject(warden: Warden, thread_id: str, text: str, *, sender: str) -> R
         # no calls left unanswered, sends the run to `plan` (or `halt` on a budget).
         # Routers need the run context, which update_state reads from this config key.
         with_runtime = patch_config(config, configurable={CONFIG_KEY_RUNTIME: Runtime(context=ctx)})
-        await graph.aupdate_state(with_runtime, {"messages": [*refused, message]}, as_node="approve")
+        await graph.aupdate_state(
+            with_runtime, {"messages": [*refused, message]}, as_node="approve"
+        )
         return await warden._drive(thread_id, ctx, setup, None)
 
 

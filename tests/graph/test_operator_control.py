@@ -47,7 +47,9 @@ def cancel_rows(url: str, thread_id: str) -> int:
     return int(row[0])
 
 
-async def park_before(warden: Warden, ctx: Context, thread_id: str, node: str, decision: dict[str, Any]) -> None:
+async def park_before(
+    warden: Warden, ctx: Context, thread_id: str, node: str, decision: dict[str, Any]
+) -> None:
     """Answer the pending approval and stop the run right before `node`."""
     app = warden.graph(*((await warden._load(thread_id))[1]))
     await app.ainvoke(
@@ -139,7 +141,10 @@ async def test_inject_on_an_ended_thread_starts_a_follow_up_run(
     done = await inject(warden, first.thread_id, "and now two", sender="ann")
     assert (done.final_answer, done.usage["model_calls"]) == ("second answer", 1)
     history = await warden.history(first.thread_id)
-    assert [m.get("injected_by") for m in history["messages"] if m["type"] == "human"] == [None, "ann"]
+    assert [m.get("injected_by") for m in history["messages"] if m["type"] == "human"] == [
+        None,
+        "ann",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +213,8 @@ async def test_fork_from_an_earlier_checkpoint_leaves_the_original_alone(
     # The checkpoint just before the second model call.
     states = [s async for s in app.aget_state_history(warden.config(original.thread_id, ctx))]
     at = next(
-        s for s in states
+        s
+        for s in states
         if s.next == ("plan",) and sum(m.type == "ai" for m in s.values["messages"]) == 1
     )
     at_id = at.config["configurable"]["checkpoint_id"]
