@@ -17,6 +17,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 from rich.console import Console
 
+from checkpoints.locks import thread_is_busy
 from graph.context import Context
 from graph.errors import BadInput, WardenError
 from graph.hitl import ALL_DECISIONS
@@ -44,6 +45,9 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 T = TypeVar("T")
 CANCEL_POLL_SECONDS = 0.2
+# After `Warden.cancel`, a thread still unfinished is one another process holds: the
+# cancel was stored as a request that process honours at its next node boundary.
+UNFINISHED = ("in_progress", "awaiting_approval")
 
 NO_MODEL_HELP = (
     "no model configured: pass --model (e.g. --model openai:gpt-4o-mini with OPENAI_API_KEY "
@@ -370,15 +374,17 @@ def cancel(
     async def work() -> RunOutcome:
         async with open_warden(settings) as warden:
             outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
-            while wait and outcome.status == "in_progress":
-                # Busy: the runner honours the request at its next node boundary. Asking
-                # again also covers a runner that died meanwhile: then the cancel is direct.
+            while wait and outcome.status in UNFINISHED:
+                # The runner honours the request at its next node boundary; if it let go
+                # (or died) without doing so, the thread is free and the cancel is direct.
                 await asyncio.sleep(CANCEL_POLL_SECONDS)
-                outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
+                outcome = await warden.status(thread_id)
+                if outcome.status in UNFINISHED and not await thread_is_busy(warden.pool, thread_id):
+                    outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
             return outcome
 
     outcome = guarded(work)
-    if outcome.status != "in_progress":
+    if outcome.status not in UNFINISHED:
         report(outcome, as_json)
     if as_json:
         print(json.dumps(outcome.as_json() | {"cancel_requested": True}, default=str))

@@ -35,8 +35,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 from pydantic import ValidationError
 
-from checkpoints.cancels import request_cancel
-from checkpoints.locks import thread_lock
+from checkpoints.cancels import consume_cancel, request_cancel
+from checkpoints.locks import thread_is_busy, thread_lock
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
@@ -339,12 +339,18 @@ class Warden:
         outcome returned then is the thread's current one, still `in_progress`.
         """
         await self._load(thread_id)  # an unknown thread is bad input, busy or not
-        try:
-            async with thread_lock(self.pool, thread_id):
-                return await self._cancel_now(thread_id, reason)
-        except ThreadBusy:
-            await request_cancel(self.pool, thread_id, requested_by=requested_by, reason=reason)
-            return await self.status(thread_id)
+        while True:
+            try:
+                async with thread_lock(self.pool, thread_id):
+                    return await self._cancel_now(thread_id, reason)
+            except ThreadBusy:
+                await request_cancel(
+                    self.pool, thread_id, requested_by=requested_by, reason=reason
+                )
+            if await thread_is_busy(self.pool, thread_id):
+                return await self.status(thread_id)
+            # The runner let go before it could see the request: withdraw it, go direct.
+            await consume_cancel(self.pool, thread_id)
 
     async def _cancel_now(self, thread_id: str, reason: str) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
