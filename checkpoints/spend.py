@@ -4,9 +4,10 @@ A run's own `max_cost` cannot stop ten workers from spending ten times a tenant'
 money; these caps can, because they live in Postgres. Before each model call a run
 reserves the call's estimated cost; the reservation succeeds only if, for the
 current UTC day and month, reserved + spent + estimate stays within the tenant's cap.
-The check and the increment are one `UPDATE ... WHERE ... RETURNING`, which takes the
-row lock, so concurrent reservers for one tenant queue on that row and re-check the
-condition on the committed value, while other tenants' rows are never touched. After
+The check and the increment are one `INSERT ... ON CONFLICT DO UPDATE ... WHERE`, which
+locks the tenant's period row and checks the condition on its latest committed value,
+so concurrent reservers for one tenant queue on that row, while other tenants' rows
+are never touched. After
 the call the reservation is settled: released, and the actual cost added.
 
 Every tenant's spend is tracked, capped or not, so a cap set mid-month counts what
@@ -81,42 +82,38 @@ class Refusal:
         )
 
 
+# Hold `amount` in both periods at once. A period's row is created holding it if the
+# amount fits under the cap; an existing row (locked by ON CONFLICT, read at its latest
+# committed version) takes it only if reserved + spent + amount still fits. A period
+# that refuses returns no row. Rows are visited day then month: one lock order.
 RESERVE_SQL = """
-UPDATE warden_spend s SET reserved_usd = s.reserved_usd + %(amount)s
-WHERE s.tenant = %(tenant)s AND s.period = %(period)s AND s.period_start = %(start)s
-  AND s.reserved_usd + s.spent_usd + %(amount)s <= coalesce(
-      (SELECT c.cap_usd FROM warden_spend_caps c
-       WHERE c.tenant = s.tenant AND c.period = s.period), 'Infinity'::numeric)
+INSERT INTO warden_spend AS s (tenant, period, period_start, reserved_usd)
+SELECT %(tenant)s, p.period, p.start, %(amount)s
+FROM (VALUES ('day', %(day)s::date), ('month', %(month)s::date)) AS p(period, start)
+WHERE %(amount)s <= coalesce(
+    (SELECT c.cap_usd FROM warden_spend_caps c
+     WHERE c.tenant = %(tenant)s AND c.period = p.period), 'Infinity'::numeric)
+ON CONFLICT (tenant, period, period_start) DO UPDATE
+SET reserved_usd = s.reserved_usd + EXCLUDED.reserved_usd
+WHERE s.reserved_usd + s.spent_usd + EXCLUDED.reserved_usd <= coalesce(
+    (SELECT c.cap_usd FROM warden_spend_caps c
+     WHERE c.tenant = s.tenant AND c.period = s.period), 'Infinity'::numeric)
 RETURNING s.period
 """
 
-
-async def _hold(
-    pool: Pool, *, tenant: str, thread_id: str, estimate: float, now: datetime | None
-) -> Reservation:
-    """Hold `estimate` USD of the tenant's day and month caps, or raise `_Refused`."""
-    amount = usd(estimate)
-    starts = period_starts(now or datetime.now(UTC))
-    async with pool.connection() as conn, conn.transaction():
-        for period in PERIODS:
-            params = {"tenant": tenant, "period": period, "start": starts[period], "amount": amount}
-            await conn.execute(
-                "INSERT INTO warden_spend (tenant, period, period_start) "
-                "VALUES (%(tenant)s, %(period)s, %(start)s) ON CONFLICT DO NOTHING",
-                params,
-            )
-            if await (await conn.execute(RESERVE_SQL, params)).fetchone() is None:
-                refusal = await _refusal(conn, tenant, period, starts[period], amount)
-                # Roll back the other period's hold along with this transaction.
-                raise _Refused(refusal)
-        reservation = Reservation(uuid.uuid4(), tenant, starts, amount)
-        await conn.execute(
-            "INSERT INTO warden_spend_reservations "
-            "(id, thread_id, tenant, day_start, month_start, amount_usd) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (reservation.id, thread_id, tenant, starts["day"], starts["month"], amount),
-        )
-        return reservation
+# Release a reservation and count the actual cost, in one statement.
+SETTLE_SQL = """
+WITH held AS (
+    DELETE FROM warden_spend_reservations WHERE id = %(id)s
+    RETURNING tenant, day_start, month_start, amount_usd
+)
+UPDATE warden_spend s
+SET reserved_usd = s.reserved_usd - held.amount_usd, spent_usd = s.spent_usd + %(actual)s
+FROM held
+WHERE s.tenant = held.tenant
+  AND ((s.period = 'day' AND s.period_start = held.day_start)
+    OR (s.period = 'month' AND s.period_start = held.month_start))
+"""
 
 
 class _Refused(Exception):
@@ -125,6 +122,30 @@ class _Refused(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.detail)
         self.refusal = refusal
+
+
+async def _hold(
+    pool: Pool, *, tenant: str, thread_id: str, estimate: float, now: datetime | None
+) -> Reservation:
+    """Hold `estimate` USD of the tenant's day and month caps, or raise `_Refused`."""
+    amount = usd(estimate)
+    starts = period_starts(now or datetime.now(UTC))
+    params = {"tenant": tenant, "day": starts["day"], "month": starts["month"], "amount": amount}
+    async with pool.connection() as conn, conn.transaction():
+        rows = await (await conn.execute(RESERVE_SQL, params)).fetchall()
+        held = {r["period"] for r in rows}
+        for period in PERIODS:
+            if period not in held:
+                # Raising rolls back the other period's hold with the transaction.
+                raise _Refused(await _refusal(conn, tenant, period, starts[period], amount))
+        reservation = Reservation(uuid.uuid4(), tenant, starts, amount)
+        await conn.execute(
+            "INSERT INTO warden_spend_reservations "
+            "(id, thread_id, tenant, day_start, month_start, amount_usd) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (reservation.id, thread_id, tenant, starts["day"], starts["month"], amount),
+        )
+        return reservation
 
 
 async def reserve(
@@ -142,41 +163,26 @@ async def _refusal(
 ) -> Refusal:
     row = await (
         await conn.execute(
-            "SELECT s.reserved_usd + s.spent_usd AS used, c.cap_usd AS cap FROM warden_spend s "
-            "JOIN warden_spend_caps c USING (tenant, period) "
-            "WHERE s.tenant = %s AND s.period = %s AND s.period_start = %s",
-            (tenant, period, start),
+            "SELECT coalesce(s.reserved_usd + s.spent_usd, 0) AS used, c.cap_usd AS cap "
+            "FROM warden_spend_caps c LEFT JOIN warden_spend s "
+            "ON s.tenant = c.tenant AND s.period = c.period AND s.period_start = %s "
+            "WHERE c.tenant = %s AND c.period = %s",
+            (start, tenant, period),
         )
     ).fetchone()
-    # The UPDATE refuses only where a cap exists; a cap deleted meanwhile reads as 0.
+    # Only a cap refuses; one deleted meanwhile reads as 0.
     cap, used = (row["cap"], row["used"]) if row else (Decimal(0), Decimal(0))
     return Refusal(tenant, period, cap, used, amount)
 
 
 async def settle(pool: Pool, reservation: Reservation, actual: float) -> None:
-    """Release a reservation and add the call's actual cost (0 if it never happened)."""
-    async with pool.connection() as conn, conn.transaction():
-        held = await (
-            await conn.execute(
-                "DELETE FROM warden_spend_reservations WHERE id = %s RETURNING amount_usd",
-                (reservation.id,),
-            )
-        ).fetchone()
-        if held is None:  # already released (release_stale, or pruned with its thread)
-            return
-        for period in PERIODS:
-            await conn.execute(
-                "UPDATE warden_spend SET reserved_usd = reserved_usd - %s, "
-                "spent_usd = spent_usd + %s "
-                "WHERE tenant = %s AND period = %s AND period_start = %s",
-                (
-                    held["amount_usd"],
-                    usd(actual),
-                    reservation.tenant,
-                    period,
-                    reservation.starts[period],
-                ),
-            )
+    """Release a reservation and add the call's actual cost (0 if it never happened).
+
+    A reservation already released (by `release_stale`, or pruned with its thread) is
+    left alone, so settling twice counts once.
+    """
+    async with pool.connection() as conn:
+        await conn.execute(SETTLE_SQL, {"id": reservation.id, "actual": usd(actual)})
 
 
 async def release_reservations(

@@ -14,14 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from checkpoints.locks import thread_is_busy, thread_lock
 from checkpoints.retention import RETENTION_HOOKS, RetentionHook, purge_threads
-from graph.context import Context
 from graph.errors import BadInput, ThreadBusy
-from graph.runtime import Warden, outcome_of
+from graph.runtime import Warden
 
 ACTIVITY_SQL = """
 WITH activity AS (
@@ -95,15 +93,13 @@ async def prune(
     async with warden.pool.connection() as conn:
         rows = await (await conn.execute(ACTIVITY_SQL)).fetchall()
     plan = PrunePlan(dry_run=not delete)
-    # Status needs only the graph's shape, the same for every tool set.
-    reader = warden.graph(Path.cwd())
     for row in select_by_rule(rows, now=now, older_than=older_than, keep_latest=keep_latest):
         thread_id = row["thread_id"]
         if await thread_is_busy(warden.pool, thread_id):
             plan.skipped.append({"thread_id": thread_id, "reason": "running in another process"})
             continue
-        snapshot = await reader.aget_state({"configurable": {"thread_id": thread_id}})
-        status = outcome_of(thread_id, snapshot, Context()).status
+        current = await warden.peek(thread_id)
+        status = current.status if current is not None else "no checkpoints"
         if status in ("awaiting_approval", "in_progress") and not include_unfinished:
             plan.skipped.append({"thread_id": thread_id, "reason": status})
             continue

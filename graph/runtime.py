@@ -337,8 +337,19 @@ class Warden:
         One that another process is running (it holds the thread's lock) gets a cancel
         request in Postgres, which that run honours at its next node boundary; the
         outcome returned then is the thread's current one, still `in_progress`.
+
+        A thread started outside this runtime (the LangGraph server, an embedding app)
+        has no stored configuration and its runner takes no Warden lock: it always gets
+        the request, honoured at its next node (for an approval: when it is resumed).
         """
-        await self._load(thread_id)  # an unknown thread is bad input, busy or not
+        if await self._stored(thread_id) is None:
+            current = await self.peek(thread_id)
+            if current is None:
+                raise BadInput(f"unknown thread {thread_id!r}: no run with this id in the database")
+            if current.status not in ("awaiting_approval", "in_progress"):
+                raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
+            await request_cancel(self.pool, thread_id, requested_by=requested_by, reason=reason)
+            return current
         while True:
             try:
                 async with thread_lock(self.pool, thread_id):
@@ -382,6 +393,17 @@ class Warden:
                 as_node=pending,
             )
         return await self._drive(thread_id, ctx, setup, None)
+
+    async def peek(self, thread_id: str) -> RunOutcome | None:
+        """Return where any thread with checkpoints stands, or None if it has none.
+
+        Unlike `status`, it needs no `warden_threads` row, so it also reads threads
+        started by the LangGraph server or an embedding app; their budgets and
+        redaction are shown as the defaults.
+        """
+        ctx = Context()
+        snapshot = await self.graph(Path.cwd()).aget_state(self.config(thread_id, ctx))
+        return self._outcome(thread_id, snapshot, ctx) if snapshot.values else None
 
     async def status(self, thread_id: str) -> RunOutcome:
         """Return where a thread stands."""

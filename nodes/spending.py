@@ -54,14 +54,16 @@ async def hold_spend(
     """Reserve the next call's estimated cost for the run's tenant.
 
     Returns the hold to settle, the refusal that must halt the run, or None when the
-    graph runs without Warden's database.
+    graph runs without Warden's database or the call has no price.
     """
     config = get_config()
     pool = pool_of(config)
     if pool is None:
         return None
-    thread_id = str((config.get("configurable") or {}).get("thread_id"))
     estimate = estimate_call_usd(ctx, usage, prompt_tokens(), model_name)
+    if estimate <= 0:
+        return None  # a model with no price (or a free one) cannot spend a USD cap
+    thread_id = str((config.get("configurable") or {}).get("thread_id"))
     held = await reserve(pool, tenant=ctx.tenant, thread_id=thread_id, estimate=estimate)
     return held if isinstance(held, Refusal) else SpendHold(pool, held)
 
