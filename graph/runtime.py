@@ -297,15 +297,7 @@ class Warden:
     async def resume(
         self, thread_id: str, *, decisions: dict[str, Any] | None = None
     ) -> RunOutcome:
-        """Answer a pending approval, or continue a run that stopped mid-way.
-
-        One process at a time: a second resume of the same thread (say, two reviewers
-        approving at once) fails with ThreadBusy instead of running the call twice.
-        """
-        async with thread_lock(self.pool, thread_id):
-            return await self._resume(thread_id, decisions)
-
-    async def _resume(self, thread_id: str, decisions: dict[str, Any] | None) -> RunOutcome:
+        """Answer a pending approval, or continue a run that stopped mid-way."""
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
