@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.runnables.config import patch_config
@@ -68,6 +69,13 @@ async def inject(warden: Warden, thread_id: str, text: str, *, sender: str) -> R
             status = warden._outcome(thread_id, snapshot, ctx).status
         if status not in ("awaiting_approval", "in_progress"):
             return await warden._drive(thread_id, ctx, setup, {"messages": [message]})
+        pending = snapshot.interrupts[0].value if snapshot.interrupts else {}
+        if any(pending.get("in_doubt") or ()):
+            # "Not executed" would be a guess for a call that may have taken effect.
+            raise BadInput(
+                f"thread {thread_id} has a call in doubt after a crash; decide it with "
+                f"`warden resume {thread_id}` first"
+            )
         if snapshot.next and snapshot.next[0] == "plan":
             return await warden._drive(
                 thread_id, ctx, setup, Command(update={"messages": [message]})
@@ -95,6 +103,16 @@ async def inject(warden: Warden, thread_id: str, text: str, *, sender: str) -> R
         return await warden._drive(thread_id, ctx, setup, None)
 
 
+def approved_and_pending(values: dict[str, Any]) -> bool:
+    """Tell whether an approved call of the latest model turn has not run yet."""
+    approved = {
+        r["tool_call_id"]
+        for r in values.get("approvals") or ()
+        if r["decision"] in ("approve", "edit")
+    }
+    return any(c["id"] in approved for c in pending_tool_calls(values.get("messages", [])))
+
+
 async def fork(
     warden: Warden, thread_id: str, checkpoint_id: str, *, new_thread_id: str | None = None
 ) -> RunOutcome:
@@ -102,10 +120,22 @@ async def fork(
 
     The new thread gets the checkpoint and its ancestors, and a `warden_threads` row
     with the original's Context, workspace and config file, so `warden resume`,
-    `inject` and `status` work on it like on any thread.
+    `inject` and `status` work on it like on any thread. The fork re-runs from that
+    point, so a checkpoint between an approval and the approved call is refused: the
+    fork would perform the call a second time (in a new thread, with new idempotency
+    keys) without anyone deciding it again.
     """
     target = new_thread_id or str(uuid.uuid4())
-    ctx, _, _ = await warden._load(thread_id)
+    ctx, setup, _ = await warden._load(thread_id)
+    config = warden.config(thread_id, ctx)
+    config["configurable"]["checkpoint_id"] = checkpoint_id
+    at = await warden.graph(*setup).aget_state(config)
+    if at.next == ("act",) and approved_and_pending(at.values):
+        raise BadInput(
+            f"checkpoint {checkpoint_id} lies between an approval and its execution: a fork "
+            "would run the approved call again; fork at the checkpoint before the approval "
+            "to decide it again"
+        )
     async with thread_lock(warden.pool, target), warden.pool.connection() as conn:
         async with conn.transaction():
             row = await (

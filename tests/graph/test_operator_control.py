@@ -261,3 +261,16 @@ async def test_fork_at_an_approval_asks_again_on_the_new_thread(
     assert approved.status == "completed"
     assert (outbox / "outbox.jsonl").read_text().count("\n") == 1
     assert (await warden.status(first.thread_id)).as_json() == rejected.as_json()
+
+
+async def test_fork_refuses_a_point_between_an_approval_and_its_call(
+    warden: Warden, email_context: Context, workspace: Path, outbox: Path
+) -> None:
+    first = await warden.run("email", context=email_context, workspace=workspace)
+    await park_before(warden, email_context, first.thread_id, "act", {"type": "approve"})
+    app = warden.graph(workspace)
+    at = await app.aget_state(warden.config(first.thread_id, email_context))
+    assert at.next == ("act",)
+    with pytest.raises(BadInput, match="between an approval and its execution"):
+        await fork(warden, first.thread_id, at.config["configurable"]["checkpoint_id"])
+    assert not outbox.exists()
