@@ -174,6 +174,12 @@ def test_concurrent_runs_of_one_tenant_stay_within_its_cap(
     report = {(r["tenant"], r["period"]): r for r in cli.ok_json("caps", "show", code=0)}
     day = report[("acme", "day")]
     estimate = max(float(NEEDS.search(d["halt_detail"]).group(1)) for _, d, _ in acme)  # type: ignore[union-attr]
+    calls = [d["usage"]["model_calls"] for _, d, _ in acme]
+    print(
+        f"spend caps: {RUNS} concurrent runs of one tenant, cap ${cap}: spent "
+        f"${day['spent_usd']:.6f} in {sum(calls)} model calls {calls}; largest estimate "
+        f"${estimate:.6f}; {samples} samples of held + spent, none above the cap"
+    )
     assert day["reserved_usd"] == 0  # every hold was settled
     assert day["spent_usd"] == pytest.approx(
         sum(d["usage"]["cost_usd"] for _, d, _ in acme), abs=1e-9
