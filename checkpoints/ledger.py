@@ -19,6 +19,7 @@ call is an `UPDATE ... WHERE attempts = N` compare-and-set.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -136,7 +137,9 @@ async def ledger_entries(pool: Pool, thread_id: str) -> list[LedgerEntry]:
     return [_entry(r) for r in rows]
 
 
-async def purge_ledger(conn: AsyncConnection[Any], thread_ids: list[str]) -> int:
+async def purge_ledger(conn: AsyncConnection[Any], thread_ids: Sequence[str]) -> int:
     """Delete the ledger rows of these threads (for `warden prune`); return how many."""
-    cur = await conn.execute("DELETE FROM warden_ledger WHERE thread_id = ANY(%s)", (thread_ids,))
+    cur = await conn.execute(
+        "DELETE FROM warden_ledger WHERE thread_id = ANY(%s)", (list(thread_ids),)
+    )
     return cur.rowcount

@@ -46,6 +46,44 @@ WARDEN_MIGRATIONS: list[str] = [
     )
     """,
     "CREATE INDEX IF NOT EXISTS warden_ledger_thread_id ON warden_ledger (thread_id)",
+    # Operator control (#4): a cancel asked for a run that another process is running.
+    """
+    CREATE TABLE IF NOT EXISTS warden_cancel_requests (
+        thread_id text PRIMARY KEY,
+        requested_at timestamptz NOT NULL DEFAULT now(),
+        requested_by text NOT NULL,
+        reason text NOT NULL
+    )
+    """,
+    # Global spend caps (#4): per-tenant caps, per-period totals, in-flight reservations.
+    """
+    CREATE TABLE IF NOT EXISTS warden_spend_caps (
+        tenant text NOT NULL,
+        period text NOT NULL CHECK (period IN ('day', 'month')),
+        cap_usd numeric NOT NULL CHECK (cap_usd >= 0),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (tenant, period)
+    );
+    CREATE TABLE IF NOT EXISTS warden_spend (
+        tenant text NOT NULL,
+        period text NOT NULL CHECK (period IN ('day', 'month')),
+        period_start date NOT NULL,
+        reserved_usd numeric NOT NULL DEFAULT 0,
+        spent_usd numeric NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, period, period_start)
+    );
+    CREATE TABLE IF NOT EXISTS warden_spend_reservations (
+        id uuid PRIMARY KEY,
+        thread_id text NOT NULL,
+        tenant text NOT NULL,
+        day_start date NOT NULL,
+        month_start date NOT NULL,
+        amount_usd numeric NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS warden_spend_reservations_thread
+        ON warden_spend_reservations (thread_id)
+    """,
 ]
 
 

@@ -18,6 +18,7 @@ from graph.routing import route_after_approve, route_after_observe, route_after_
 from graph.state import InputState, State
 from nodes.act import make_act_node
 from nodes.approve import make_approve_node
+from nodes.cancellable import cancellable
 from nodes.halt import make_halt_node
 from nodes.observe import observe
 from nodes.plan import ModelFactory, make_plan_node
@@ -49,19 +50,23 @@ def build_graph(
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
     # The node factories return plain `async (state, runtime)` callables; LangGraph's
     # add_node overloads cannot see through a factory's Callable return type.
+    # Every node honours a pending `warden cancel` at its boundary (nodes.cancellable).
     builder.add_node(  # type: ignore[call-overload]
         "plan",
-        make_plan_node(
-            model=model,
-            model_factory=model_factory or make_model_factory(),
-            tools=registry,
-            locked_policy=policy,
+        cancellable(
+            "plan",
+            make_plan_node(
+                model=model,
+                model_factory=model_factory or make_model_factory(),
+                tools=registry,
+                locked_policy=policy,
+            ),
         ),
     )
-    builder.add_node("approve", make_approve_node(registry))  # type: ignore[call-overload]
-    builder.add_node("act", make_act_node(registry))  # type: ignore[call-overload]
-    builder.add_node("observe", observe)
-    builder.add_node("halt", make_halt_node(registry))  # type: ignore[call-overload]
+    builder.add_node("approve", cancellable("approve", make_approve_node(registry)))  # type: ignore[call-overload]
+    builder.add_node("act", cancellable("act", make_act_node(registry)))  # type: ignore[call-overload]
+    builder.add_node("observe", cancellable("observe", observe))  # type: ignore[call-overload]
+    builder.add_node("halt", cancellable("halt", make_halt_node(registry)))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

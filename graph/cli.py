@@ -17,6 +17,7 @@ from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
 from rich.console import Console
 
+from checkpoints.locks import thread_is_busy
 from graph.context import Context
 from graph.errors import BadInput, WardenError
 from graph.hitl import ALL_DECISIONS
@@ -43,6 +44,10 @@ app.add_typer(db_app, name="db")
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 T = TypeVar("T")
+CANCEL_POLL_SECONDS = 0.2
+# After `Warden.cancel`, a thread still unfinished is one another process holds: the
+# cancel was stored as a request that process honours at its next node boundary.
+UNFINISHED = ("in_progress", "awaiting_approval")
 
 NO_MODEL_HELP = (
     "no model configured: pass --model (e.g. --model openai:gpt-4o-mini with OPENAI_API_KEY "
@@ -366,16 +371,37 @@ def status(
 @app.command()
 def cancel(
     thread_id: Annotated[str, typer.Argument(help="Thread to cancel.")],
+    reason: Annotated[str, typer.Option(help="Why; recorded as the halt detail.")] = "cancelled by operator",
+    reviewer: Annotated[str | None, typer.Option(help="Who cancels (default: cli:$USER).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If the run is busy elsewhere, wait until it stops.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Cancel a thread that is awaiting approval or stopped mid-way (halt reason `cancelled`)."""
+    """Cancel a thread (halt reason `cancelled`): now if idle, at its next node if running."""
     settings = _settings()
+    who = reviewer or default_reviewer()
 
     async def work() -> RunOutcome:
         async with open_warden(settings) as warden:
-            return await warden.cancel(thread_id)
+            outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
+            while wait and outcome.status in UNFINISHED:
+                # The runner honours the request at its next node boundary; if it let go
+                # (or died) without doing so, the thread is free and the cancel is direct.
+                await asyncio.sleep(CANCEL_POLL_SECONDS)
+                outcome = await warden.status(thread_id)
+                if outcome.status in UNFINISHED and not await thread_is_busy(warden.pool, thread_id):
+                    outcome = await warden.cancel(thread_id, reason=reason, requested_by=who)
+            return outcome
 
-    report(guarded(work), as_json)
+    outcome = guarded(work)
+    if outcome.status not in UNFINISHED:
+        report(outcome, as_json)
+    if as_json:
+        print(json.dumps(outcome.as_json() | {"cancel_requested": True}, default=str))
+    else:
+        out.print(
+            f"cancel requested for thread {thread_id}: another process is running it and stops "
+            "it at its next node boundary"
+        )
 
 
 @app.command()
@@ -402,7 +428,9 @@ def history(
         out.print(f"  [bold]{label:>14}[/] {line} {calls}".rstrip(), soft_wrap=True)
     for a in data["approvals"]:
         out.print(f"  [magenta]decision[/] {a['decision']} {a['tool']} by {a['reviewer']} at {a['decided_at']}")
-    out.print(f"  {len(data['checkpoints'])} checkpoints")
+    out.print(f"  {len(data['checkpoints'])} checkpoints (oldest first; fork with `warden fork {thread_id} --at ID`)")
+    for c in data["checkpoints"]:
+        out.print(f"    {c['checkpoint_id']}  step {c['step']:>3}  {c['source'] or '':<6} {c['ts'] or ''}")
 
 
 @app.command()
@@ -472,3 +500,6 @@ def main() -> None:
     # a pipeline on a lost connection; the CLI reports one error line instead.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     app(args=optional_reject_message(sys.argv[1:]))
+
+
+from graph import cli_ops  # noqa: E402,F401  registers commands

@@ -35,11 +35,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 from pydantic import BaseModel, ValidationError
 
-from checkpoints.locks import thread_lock
+from checkpoints.cancels import consume_cancel, request_cancel
+from checkpoints.locks import thread_is_busy, thread_lock
 from checkpoints.saver import open_saver, resolve_database_url, saver_pool
 from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
-from graph.errors import BadInput
+from graph.errors import BadInput, ThreadBusy
 from graph.hitl import PendingCall, first_error, response_schema
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
@@ -146,6 +147,9 @@ def message_record(message: BaseMessage) -> dict[str, Any]:
         record |= {"tool_call_id": message.tool_call_id, "name": message.name, "status": message.status}
     if message.name and not isinstance(message, ToolMessage):
         record["name"] = message.name
+    injected_by = (message.response_metadata.get("warden") or {}).get("injected_by")
+    if injected_by:
+        record["injected_by"] = injected_by  # an operator's `warden inject`
     return record
 
 
@@ -370,8 +374,42 @@ class Warden:
         except ValidationError as exc:
             raise BadInput(f"decisions refused: {first_error(exc)}") from None
 
-    async def cancel(self, thread_id: str, *, reason: str = "cancelled by operator") -> RunOutcome:
-        """End a thread that is awaiting approval or stopped mid-way, with halt reason `cancelled`."""
+    async def cancel(
+        self, thread_id: str, *, reason: str = "cancelled by operator", requested_by: str = "operator"
+    ) -> RunOutcome:
+        """End a thread with halt reason `cancelled`, or ask the process running it to.
+
+        A thread that is awaiting approval or stopped mid-way is ended here and now.
+        One that another process is running (it holds the thread's lock) gets a cancel
+        request in Postgres, which that run honours at its next node boundary; the
+        outcome returned then is the thread's current one, still `in_progress`.
+
+        A thread started outside this runtime (the LangGraph server, an embedding app)
+        has no stored configuration and its runner takes no Warden lock: it always gets
+        the request, honoured at its next node (for an approval: when it is resumed).
+        """
+        if await self._stored(thread_id) is None:
+            current = await self.peek(thread_id)
+            if current is None:
+                raise BadInput(f"unknown thread {thread_id!r}: no run with this id in the database")
+            if current.status not in ("awaiting_approval", "in_progress"):
+                raise BadInput(f"thread {thread_id} already ended ({current.halt_reason})")
+            await request_cancel(self.pool, thread_id, requested_by=requested_by, reason=reason)
+            return current
+        while True:
+            try:
+                async with thread_lock(self.pool, thread_id):
+                    return await self._cancel_now(thread_id, reason)
+            except ThreadBusy:
+                await request_cancel(
+                    self.pool, thread_id, requested_by=requested_by, reason=reason
+                )
+            if await thread_is_busy(self.pool, thread_id):
+                return await self.status(thread_id)
+            # The runner let go before it could see the request: withdraw it, go direct.
+            await consume_cancel(self.pool, thread_id)
+
+    async def _cancel_now(self, thread_id: str, reason: str) -> RunOutcome:
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status not in ("awaiting_approval", "in_progress"):
@@ -401,6 +439,17 @@ class Warden:
                 as_node=pending,
             )
         return await self._drive(thread_id, ctx, setup, None)
+
+    async def peek(self, thread_id: str) -> RunOutcome | None:
+        """Return where any thread with checkpoints stands, or None if it has none.
+
+        Unlike `status`, it needs no `warden_threads` row, so it also reads threads
+        started by the LangGraph server or an embedding app; their budgets and
+        redaction are shown as the defaults.
+        """
+        ctx = Context()
+        snapshot = await self.graph(Path.cwd()).aget_state(self.config(thread_id, ctx))
+        return self._outcome(thread_id, snapshot, ctx) if snapshot.values else None
 
     async def status(self, thread_id: str) -> RunOutcome:
         """Return where a thread stands."""

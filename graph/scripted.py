@@ -113,6 +113,11 @@ class ScriptedChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "warden-scripted"
 
+    @property
+    def model_name(self) -> str:
+        """Return the price-table name, as provider chat models expose theirs."""
+        return self.script.model
+
     def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
         """Return the model itself: the script decides which tools are called."""
         return self

@@ -24,6 +24,7 @@ HaltReason = Literal[
     "max_seconds",
     "loop",
     "rejected",
+    "global_budget",
     "cancelled",
     "error",
 ]

@@ -32,6 +32,7 @@ from graph.ratelimit import RateLimitExceedsBudget, limiter_for
 from graph.routing import soft_warnings
 from graph.state import State, StopSignal, Usage, empty_loop_state, empty_usage
 from nodes.accounting import NodeClock
+from nodes.spending import Refusal, hold_spend, metered
 from tools.registry import ToolRegistry
 
 
@@ -252,9 +253,16 @@ def make_plan_node(
                     f"{ctx.max_seconds:g}s budget",
                 )
             remaining -= waited
+        # Global per-tenant caps: hold the estimated cost first, settle the actual below.
+        hold = await hold_spend(
+            ctx, usage, lambda: estimate_tokens(prompt) + schema_tokens(offered),
+            getattr(chat, "model_name", None),
+        )
+        if isinstance(hold, Refusal):
+            return stopped("global_budget", hold.detail)
         try:
             response = await asyncio.wait_for(
-                bound.ainvoke(prompt, config={"metadata": {"warden_turn": turn}}),
+                metered(hold, bound.ainvoke(prompt, config={"metadata": {"warden_turn": turn}})),
                 timeout=max(remaining, 0.001),
             )
         except TimeoutError:
@@ -262,6 +270,8 @@ def make_plan_node(
         except ScriptExhaustedError as exc:
             return stopped("error", str(exc))
         if not isinstance(response, AIMessage):
+            if hold is not None:
+                await hold.settle(0.0)
             return stopped("error", f"model returned {type(response).__name__}, not a message")
         meta = response.usage_metadata
         input_tokens = meta["input_tokens"] if meta else estimate_tokens(prompt)
@@ -288,6 +298,8 @@ def make_plan_node(
             cost_usd=cost_usd(price, input_tokens, output_tokens),
             last_input_tokens=input_tokens,
         )
+        if hold is not None:
+            await hold.settle(new_usage["cost_usd"] - usage["cost_usd"])
         warnings = soft_warnings(new_usage, ctx, warnings_seen)
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")

@@ -417,6 +417,10 @@ DIAGNOSE_CASES: dict[str, tuple[State, Context, str]] = {
     ),
     "rejected": (st([TASK, ai(EMAIL), REJECTED], stop=STOP_REJECTED), Context(), "rejected"),
     "cancelled": (st([TASK, ai(READ)], stop=STOP_CANCELLED), Context(), "cancelled by ann"),
+    "global_budget": (
+        st([TASK, ai(READ)], stop={"reason": "global_budget", "detail": "tenant acme: daily cap"}),
+        Context(), "daily cap",
+    ),
     "error": (st(OBSERVED), Context(), "this is a bug in Warden"),
 }
 
