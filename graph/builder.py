@@ -12,6 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
+from graph.audit import audited
 from graph.context import Context, run_context, with_policy
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
@@ -49,19 +50,24 @@ def build_graph(
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
     # The node factories return plain `async (state, runtime)` callables; LangGraph's
     # add_node overloads cannot see through a factory's Callable return type.
+    # Every node is audited (graph.audit): its state update becomes hash-chained events.
     builder.add_node(  # type: ignore[call-overload]
         "plan",
-        make_plan_node(
-            model=model,
-            model_factory=model_factory or make_model_factory(),
-            tools=registry,
-            locked_policy=policy,
+        audited(
+            "plan",
+            make_plan_node(
+                model=model,
+                model_factory=model_factory or make_model_factory(),
+                tools=registry,
+                locked_policy=policy,
+            ),
+            tiers,
         ),
     )
-    builder.add_node("approve", make_approve_node(registry))  # type: ignore[call-overload]
-    builder.add_node("act", make_act_node(registry))  # type: ignore[call-overload]
-    builder.add_node("observe", observe)
-    builder.add_node("halt", make_halt_node(registry))  # type: ignore[call-overload]
+    builder.add_node("approve", audited("approve", make_approve_node(registry), tiers))  # type: ignore[call-overload]
+    builder.add_node("act", audited("act", make_act_node(registry), tiers))  # type: ignore[call-overload]
+    builder.add_node("observe", audited("observe", observe, tiers))  # type: ignore[call-overload]
+    builder.add_node("halt", audited("halt", make_halt_node(registry), tiers))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

@@ -462,3 +462,4 @@ def main() -> None:
     # The pool logs each failed connection attempt; the CLI reports one error line instead.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
     app(args=optional_reject_message(sys.argv[1:]))
+from graph import cli_audit  # noqa: E402,F401  registers commands
