@@ -417,7 +417,7 @@ def test_concurrent_appends_keep_one_chain(database_url: str) -> None:
                     append_events(
                         pool, thread_id="concurrent", run_id=f"r{i}", node="act",
                         events=[("tool_result", {"i": i, "j": j}) for j in range(3)],
-                    )  # fmt: skip
+                    )
                     for i in range(16)
                 )
             )
