@@ -43,14 +43,31 @@ async def chain_base(pool: Pool, thread_id: str) -> Base:
         return await _base(conn, thread_id)
 
 
+HEAD_SQL = """
+SELECT seq, hash FROM (
+    (SELECT seq, hash, 1 AS rank FROM warden_audit
+     WHERE thread_id = %(t)s ORDER BY seq DESC LIMIT 1)
+    UNION ALL
+    (SELECT head_seq, head_hash, 2 FROM warden_audit_retention
+     WHERE thread_id = %(t)s ORDER BY id DESC LIMIT 1)
+) AS heads ORDER BY rank LIMIT 1
+"""
+"""The thread's latest event, or the head its latest purge recorded (one round trip)."""
+
+# The batch's commit need not wait for its own WAL flush. Every audit batch is
+# followed by the checkpoint write of the same step, which commits synchronously and so
+# flushes this earlier WAL too; if the server dies before that, the step's checkpoint is
+# lost as well and the node runs again, re-recording its events. This halves the
+# fsyncs a step costs (measured: ~6.6 ms vs ~2 ms per commit on a loaded machine).
+LOCK_AND_RELAX_SQL = (
+    "SELECT set_config('synchronous_commit', 'off', true), "
+    "pg_advisory_xact_lock(hashtextextended('warden-audit:' || %s, 0))"
+)
+
+
 async def _head(conn: AsyncConnection[DictRow], thread_id: str) -> Base:
-    row = await (
-        await conn.execute(
-            "SELECT seq, hash FROM warden_audit WHERE thread_id = %s ORDER BY seq DESC LIMIT 1",
-            (thread_id,),
-        )
-    ).fetchone()
-    return Base(int(row["seq"]), row["hash"]) if row else await _base(conn, thread_id)
+    row = await (await conn.execute(HEAD_SQL, {"t": thread_id})).fetchone()
+    return Base(int(row["seq"]), row["hash"]) if row else GENESIS_BASE
 
 
 async def append_events(
@@ -63,7 +80,7 @@ async def append_events(
 ) -> int:
     """Append `(kind, payload)` events to the thread's chain in one transaction; return the last seq."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(LOCK_SQL, (thread_id,))
+        await conn.execute(LOCK_AND_RELAX_SQL, (thread_id,))
         head = await _head(conn, thread_id)
         at = datetime.now(UTC)
         seq, prev = head.seq, head.hash
