@@ -56,7 +56,7 @@ Event = tuple[str, dict[str, Any]]
 PREVIEW_CHARS = 2000
 """How much of a tool result (redacted) an event keeps beside its hash."""
 
-SKIP_FIELDS = ("tool_call_id", "tool_call_ids", "sha256", "decided_at")
+SKIP_FIELDS = ("tool_call_id", "sha256", "decided_at")
 """Identifiers, hashes and timestamps: never secrets, and look-alikes of numbers."""
 
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cost_usd")

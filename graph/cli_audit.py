@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, TypeVar
 
 import typer
 from pydantic import Field, SecretStr, ValidationError
@@ -48,6 +48,7 @@ audit_app = typer.Typer(help="Audit trail: verify, anchor, show, export.", no_ar
 app.add_typer(audit_app, name="audit")
 
 MIN_KEY_BYTES = 16
+T = TypeVar("T")
 
 
 class AuditSettings(BaseSettings):
@@ -115,6 +116,22 @@ async def audit_pool() -> AsyncIterator[Pool]:
         url, auto_migrate=embedded, prepare_threshold=settings.prepare_threshold, max_size=2
     ) as saver:
         yield saver_pool(saver)
+
+
+def audit_key_or_fail() -> bytes:
+    """Return the audit key, or exit 2 with the one-line reason."""
+    try:
+        return audit_key()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def guarded_sync(read: Callable[[Path], T], path: Path) -> T:
+    """Call a file reader, turning its ConfigError into a one-line error and exit 2."""
+    try:
+        return read(path)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def check_thread(
@@ -195,22 +212,6 @@ def verify(
                 else "  [yellow]the anchor file does not list this thread[/]"
             )
     raise typer.Exit(0 if finding is None else 1)
-
-
-def audit_key_or_fail() -> bytes:
-    """Return the audit key, or exit 2 with the one-line reason."""
-    try:
-        return audit_key()
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def guarded_sync(read: Any, *args: Any) -> Any:
-    """Call a reader, turning its ConfigError into a one-line error and exit 2."""
-    try:
-        return read(*args)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 @contextmanager
