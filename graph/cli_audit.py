@@ -20,6 +20,7 @@ from typing import Annotated, Any, TextIO, TypeVar
 import typer
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
 from rich.table import Table
 
 from checkpoints.audit_chain import (
@@ -328,4 +329,5 @@ def show(thread_id: Annotated[str, typer.Argument(help="Thread to show.")]) -> N
             row["kind"],
             summarise(row["kind"], row["payload"]),
         )
-    out.print(table)
+    # Piped or redirected, the timeline is not squeezed into 80 columns.
+    Console(highlight=False, width=None if out.is_terminal else 160).print(table)
