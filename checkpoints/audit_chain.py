@@ -36,11 +36,21 @@ ANCHOR_VERSION = 1
 
 
 def _jsonable(value: Any) -> Any:
-    """Replace what `jsonb` cannot hold faithfully: NUL characters, NaN and infinities."""
+    """Replace what `jsonb` cannot hold faithfully: NUL characters, lone surrogates, NaN
+    and infinities.
+
+    A large whole float (`1e+16` and up) is written as the integer it equals, and
+    `-0.0` as `0.0`: `jsonb` would read them back that way, and an event's canonical
+    JSON must not change on the way.
+    """
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1e16:
+        return int(value)
+    if isinstance(value, float) and value == 0:
+        return 0.0
     if isinstance(value, Mapping):
         return {str(k).replace("\x00", "\ufffd"): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

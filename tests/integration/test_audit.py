@@ -429,3 +429,19 @@ def test_concurrent_appends_keep_one_chain(database_url: str) -> None:
     for i in range(16):  # each batch stays contiguous
         seqs = [e["seq"] for e in events if e["run_id"] == f"r{i}"]
         assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+
+def test_awkward_values_hash_the_same_after_a_round_trip_through_jsonb(database_url: str) -> None:
+    payload = {
+        "big": 1e20, "tiny": 1e-7, "sum": 0.1 + 0.2, "whole": 2.0, "neg": -0.0, "int": 2**62,
+        "nul": "a\x00b", "surrogate": "x\ud800y", "text": "naïve ✓ \U0001f600 \\ \"q\"", "nan": float("nan"),
+        "nested": [{"k": (1, "2")}, None, True],
+    }  # fmt: skip
+
+    async def write_and_read() -> list[dict[str, Any]]:
+        async with open_pool(database_url) as pool:
+            await append_events(pool, thread_id="awkward", run_id="r", node="act",
+                                events=[("tool_result", payload)])  # fmt: skip
+            return await read_events(pool, "awkward")
+
+    assert verify_chain(asyncio.run(write_and_read())) is None

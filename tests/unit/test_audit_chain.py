@@ -84,9 +84,9 @@ def test_an_anchor_catches_a_cut_tail_and_a_rewrite() -> None:
 
 
 def test_payloads_are_stored_as_they_hash() -> None:
-    payload = {"b": (1, 2), "a": "nul\x00here", "c": math.nan, "d": {"x": 0.1}}
+    payload = {"b": (1, 2), "a": "nul\x00here", "c": math.nan, "d": {"x": 0.1, "y": 1e20}}
     prepared = prepare_payload(payload)
-    assert prepared == {"a": "nul\ufffdhere", "b": [1, 2], "c": "nan", "d": {"x": 0.1}}
+    assert prepared == {"a": "nul\ufffdhere", "b": [1, 2], "c": "nan", "d": {"x": 0.1, "y": 10**20}}
     assert json.loads(json.dumps(prepared)) == prepared
 
 
