@@ -83,6 +83,68 @@ WARDEN_MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS warden_spend_reservations_thread
         ON warden_spend_reservations (thread_id)
+    # --- audit log (issue #5): append-only, hash-chained per thread -----------------
+    """
+    CREATE TABLE IF NOT EXISTS warden_audit (
+        id bigserial PRIMARY KEY,
+        thread_id text NOT NULL,
+        run_id text NOT NULL,
+        seq bigint NOT NULL,
+        at timestamptz NOT NULL,
+        node text NOT NULL,
+        kind text NOT NULL,
+        payload jsonb NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL,
+        UNIQUE (thread_id, seq)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS warden_audit_retention (
+        id bigserial PRIMARY KEY,
+        thread_id text NOT NULL,
+        events bigint NOT NULL,
+        head_seq bigint NOT NULL,
+        head_hash text NOT NULL,
+        removed_at timestamptz NOT NULL DEFAULT now(),
+        by text NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS warden_audit_retention_thread "
+    "ON warden_audit_retention (thread_id, id)",
+    # Refuse UPDATE, DELETE and TRUNCATE; only the retention job may DELETE, in a
+    # transaction that did `SET LOCAL warden.retention = 'on'` (checkpoints.audit_store).
+    """
+    CREATE OR REPLACE FUNCTION warden_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' AND current_setting('warden.retention', true) = 'on' THEN
+            RETURN OLD;
+        END IF;
+        RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+            USING ERRCODE = 'insufficient_privilege';
+    END
+    $$
+    """,
+    """
+    CREATE OR REPLACE TRIGGER warden_audit_append_only
+    BEFORE UPDATE OR DELETE ON warden_audit
+    FOR EACH ROW EXECUTE FUNCTION warden_audit_append_only()
+    """,
+    """
+    CREATE OR REPLACE TRIGGER warden_audit_no_truncate
+    BEFORE TRUNCATE ON warden_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION warden_audit_append_only()
+    """,
+    """
+    CREATE OR REPLACE TRIGGER warden_audit_retention_append_only
+    BEFORE UPDATE OR DELETE ON warden_audit_retention
+    FOR EACH ROW EXECUTE FUNCTION warden_audit_append_only()
+    """,
+    """
+    CREATE OR REPLACE TRIGGER warden_audit_retention_no_truncate
+    BEFORE TRUNCATE ON warden_audit_retention
+    FOR EACH STATEMENT EXECUTE FUNCTION warden_audit_append_only()
     """,
 ]
 

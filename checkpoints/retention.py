@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from checkpoints.audit_store import purge_audit
 from checkpoints.cancels import purge_cancel_requests
 from checkpoints.ledger import purge_ledger
 from checkpoints.spend import purge_reservations
@@ -34,6 +35,9 @@ RETENTION_HOOKS: list[RetentionHook] = [
     RetentionHook("cancel_requests", purge_cancel_requests),
     RetentionHook("spend_reservations", purge_reservations),
     RetentionHook("ledger", purge_ledger),
+    # The audit trail outlives its threads unless the operator asks (`prune --audit`);
+    # what goes is recorded in warden_audit_retention.
+    RetentionHook("audit", purge_audit, opt_in=True),
 ]
 
 

@@ -12,6 +12,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
+from graph.audit import audited
 from graph.context import Context, run_context, with_policy
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
@@ -48,12 +49,15 @@ def build_graph(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
-    # The node factories return plain `async (state, runtime)` callables; LangGraph's
-    # add_node overloads cannot see through a factory's Callable return type.
-    # Every node honours a pending `warden cancel` at its boundary (nodes.cancellable).
+    def wrapped(name: str, node: Any) -> Any:
+        # Every node honours a pending `warden cancel` at its boundary (nodes.cancellable),
+        # and its state update, a cancelled one included, becomes hash-chained audit
+        # events (graph.audit).
+        return audited(name, cancellable(name, node), tiers)
+
     builder.add_node(  # type: ignore[call-overload]
         "plan",
-        cancellable(
+        wrapped(
             "plan",
             make_plan_node(
                 model=model,
@@ -63,10 +67,10 @@ def build_graph(
             ),
         ),
     )
-    builder.add_node("approve", cancellable("approve", make_approve_node(registry)))  # type: ignore[call-overload]
-    builder.add_node("act", cancellable("act", make_act_node(registry)))  # type: ignore[call-overload]
-    builder.add_node("observe", cancellable("observe", observe))  # type: ignore[call-overload]
-    builder.add_node("halt", cancellable("halt", make_halt_node(registry)))  # type: ignore[call-overload]
+    builder.add_node("approve", wrapped("approve", make_approve_node(registry)))  # type: ignore[call-overload]
+    builder.add_node("act", wrapped("act", make_act_node(registry)))  # type: ignore[call-overload]
+    builder.add_node("observe", wrapped("observe", observe))  # type: ignore[call-overload]
+    builder.add_node("halt", wrapped("halt", make_halt_node(registry)))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

@@ -502,4 +502,4 @@ def main() -> None:
     app(args=optional_reject_message(sys.argv[1:]))
 
 
-from graph import cli_ops  # noqa: E402,F401  registers commands
+from graph import cli_audit, cli_ops  # noqa: E402,F401  registers commands

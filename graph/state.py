@@ -195,6 +195,8 @@ class State(TypedDict):
     """End-of-run report written by `halt`."""
     run_context: dict[str, Any] | None
     """The Context the current run started with; a resume continues under it."""
+    run_id: str
+    """Identifier of the current run on this thread (new at each run start); audit events carry it."""
     data_nonce: str
     """Unguessable per-run delimiter that fences untrusted tool output for the model."""
     tainted: bool

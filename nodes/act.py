@@ -78,7 +78,11 @@ async def execute(
         threshold=spec.breaker_threshold,
         cooldown=spec.breaker_cooldown,
     )
-    meta: dict[str, Any] = {"attempts": outcome.attempts, "breaker": outcome.breaker}
+    meta: dict[str, Any] = {
+        "attempts": outcome.attempts,
+        "breaker": outcome.breaker,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
     error = outcome.error
     tries = f" (after {outcome.attempts} attempts)" if outcome.attempts > 1 else ""
     if isinstance(error, CircuitOpenError):
@@ -108,7 +112,6 @@ async def execute(
     return tool_message(
         call,
         render_result(outcome.result),
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
         tier=spec.tier,
         **meta,
     )

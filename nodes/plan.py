@@ -6,6 +6,7 @@ import asyncio
 import json
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -171,6 +172,7 @@ def make_plan_node(
             warnings_seen = []
             update |= {
                 "run_context": context_to_json(ctx),
+                "run_id": str(uuid.uuid4()),
                 "data_nonce": secrets.token_hex(8),
                 "tainted": False,
                 "loop": empty_loop_state(),

@@ -22,7 +22,9 @@ import httpx
 import psycopg
 import pytest
 from langgraph_sdk import get_client
+from psycopg.rows import dict_row
 
+from checkpoints.audit_chain import verify_chain
 from tests.conftest import call, turn
 from tests.support.net import free_port
 
@@ -112,6 +114,13 @@ def server(
             proc.wait()
 
 
+def audit_rows(url: str, thread_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM warden_audit WHERE thread_id = %s ORDER BY seq", (thread_id,)
+        ).fetchall()
+
+
 def checkpoint_rows(url: str, thread_id: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -171,6 +180,13 @@ async def test_approval_round_trip_and_context_budgets(
     assert checkpoint_rows(database_url, thread) > rows_at_interrupt
     emails = (tmp_path / "data" / "outbox" / "outbox.jsonl").read_text().splitlines()
     assert len(emails) == 1
+    # The server hands the graph Warden's saver (behind its adapter), so the audit trail
+    # is written to the same database.
+    audit = audit_rows(database_url, thread)
+    kinds = [r["kind"] for r in audit]
+    assert kinds[0] == "run_started" and kinds[-1] == "halt"
+    assert {"approval_requested", "approval_decision", "tool_validated", "tool_result"} <= set(kinds)
+    assert verify_chain(audit) is None
 
     longer = write_script(
         [

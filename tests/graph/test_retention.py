@@ -107,3 +107,26 @@ async def test_prune_runs_the_hooks_and_keeps_opt_in_data_unless_asked(
     third = (await warden.run("c", context=ctx, workspace=workspace)).thread_id
     await prune(warden, now=later, keep_latest=0, delete=True, audit=True, hooks=hooks)
     assert ("audit", (third,)) in seen
+
+
+async def test_prune_with_audit_removes_the_trail_and_records_it(
+    saver, outbox: Path, write_script, workspace: Path, database_url: str
+) -> None:
+    warden = Warden(saver, outbox=outbox, model_factory=make_model_factory())
+    ctx = Context(model=f"scripted:{write_script([turn('done')])}", tenant="t-audit")
+    kept = (await warden.run("a", context=ctx, workspace=workspace)).thread_id
+    later = datetime.now(UTC) + timedelta(days=31)
+    await prune(warden, now=later, older_than=timedelta(days=30), delete=True)
+    assert count(database_url, "warden_audit", kept) > 0  # kept by default
+
+    gone = (await warden.run("b", context=ctx, workspace=workspace)).thread_id
+    events = count(database_url, "warden_audit", gone)
+    assert events > 0
+    done = await prune(warden, now=later, keep_latest=0, delete=True, audit=True)
+    assert done.deleted["audit"] >= events
+    assert count(database_url, "warden_audit", gone) == 0
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT events FROM warden_audit_retention WHERE thread_id = %s", (gone,)
+        ).fetchone()
+    assert row is not None and row[0] == events

@@ -157,3 +157,15 @@ def test_sigkill_then_resume(
     assert usage["output_tokens"] == 10 * len(TURNS)
     assert usage["steps"] == NODE_STEPS, where  # no node counted twice
     assert checkpoints(database_url, thread) == TOTAL_CHECKPOINTS, where
+
+    # The audit chain survives the kill: a node that ran again recorded its events again,
+    # each batch linked to the head it found, and every call's result is on record.
+    code, audit, err = warden("audit", "verify", thread)
+    assert code == 0 and audit["intact"], f"{where}: {audit} {err}"
+    with psycopg.connect(database_url) as conn:
+        recorded = conn.execute(
+            "SELECT DISTINCT payload->>'tool_call_id' FROM warden_audit "
+            "WHERE thread_id = %s AND kind = 'tool_result'",
+            (thread,),
+        ).fetchall()
+    assert len(recorded) == TOOL_CALLS, where
