@@ -83,6 +83,7 @@ WARDEN_MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS warden_spend_reservations_thread
         ON warden_spend_reservations (thread_id)
+    """,
     # --- audit log (issue #5): append-only, hash-chained per thread -----------------
     """
     CREATE TABLE IF NOT EXISTS warden_audit (
