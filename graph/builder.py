@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -13,6 +13,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from graph.context import Context, run_context, with_policy
+from graph.metrics import observed
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
 from graph.state import InputState, State
@@ -47,21 +48,23 @@ def build_graph(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
-    # The node factories return plain `async (state, runtime)` callables; LangGraph's
-    # add_node overloads cannot see through a factory's Callable return type.
-    builder.add_node(  # type: ignore[call-overload]
-        "plan",
-        make_plan_node(
+    # Every node is wrapped by `observed` (Prometheus counts and latency, derived from
+    # its update); further wrappers compose around the same plain async callables.
+    nodes: dict[str, Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]] = {
+        "plan": make_plan_node(
             model=model,
             model_factory=model_factory or make_model_factory(),
             tools=registry,
             locked_policy=policy,
         ),
-    )
-    builder.add_node("approve", make_approve_node(registry))  # type: ignore[call-overload]
-    builder.add_node("act", make_act_node(registry))  # type: ignore[call-overload]
-    builder.add_node("observe", observe)
-    builder.add_node("halt", make_halt_node(registry))  # type: ignore[call-overload]
+        "approve": make_approve_node(registry),
+        "act": make_act_node(registry),
+        "observe": observe,
+        "halt": make_halt_node(registry),
+    }
+    for name, node in nodes.items():
+        # LangGraph's add_node overloads cannot see through a Callable type.
+        builder.add_node(name, observed(name, node))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

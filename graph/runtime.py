@@ -45,6 +45,7 @@ from graph.redaction import redact, redact_obj
 from graph.settings import Settings, load_config_file
 from graph.state import StopSignal, empty_usage
 from graph.toolset import build_toolset
+from nodes.accounting import run_profile
 from nodes.plan import ModelFactory
 from tools.builtin import default_tools
 
@@ -74,6 +75,8 @@ class RunOutcome:
     budgets: dict[str, Any]
     pending_approval: dict[str, Any] | None
     warnings: list[str]
+    report: dict[str, Any]
+    """Where the run's time and money went (`nodes.accounting.run_profile`)."""
 
     @property
     def exit_code(self) -> int:
@@ -130,6 +133,7 @@ def outcome_of(
         budgets=ctx.budgets(),
         pending_approval=pending,
         warnings=[shown("warnings", w) or "" for w in values.get("budget_warnings") or []],
+        report=run_profile(values.get("usage") or {}),
     )
 
 

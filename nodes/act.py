@@ -164,6 +164,7 @@ def make_act_node(
         policy = ctx.policy
         results: list[ToolMessage] = []
         counted: dict[str, int] = {}
+        tool_seconds = 0.0
         for call in batch:
             decision, why = call_decision(call, ctx, tiers, tainted=bool(state.get("tainted")))
             if decision == "deny":
@@ -199,8 +200,13 @@ def make_act_node(
             remaining = ctx.max_seconds - state["usage"]["active_seconds"] - (
                 time.perf_counter() - clock.started
             )
+            started = time.perf_counter()
             with running_under(ctx):
                 message = await execute(tools[call["name"]], call, args, remaining, breakers)
+            took = time.perf_counter() - started
+            tool_seconds += took
+            # Every executed call carries its duration (metrics read it), not only successes.
+            message.response_metadata["warden"].setdefault("duration_ms", round(took * 1000, 3))
             if message.response_metadata["warden"].get("refused") is None:
                 counted[call["name"]] = counted.get(call["name"], 0) + 1
             if note:
@@ -209,7 +215,10 @@ def make_act_node(
         return {
             "messages": results,
             "usage": clock.usage(
-                state["usage"], tool_calls=sum(counted.values()), tool_calls_by_name=counted
+                state["usage"],
+                tool_calls=sum(counted.values()),
+                tool_calls_by_name=counted,
+                tool_seconds=tool_seconds,
             ),
         }
 

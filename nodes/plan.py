@@ -252,6 +252,7 @@ def make_plan_node(
                     f"{ctx.max_seconds:g}s budget",
                 )
             remaining -= waited
+        called = time.perf_counter()
         try:
             response = await asyncio.wait_for(
                 bound.ainvoke(prompt, config={"metadata": {"warden_turn": turn}}),
@@ -263,6 +264,7 @@ def make_plan_node(
             return stopped("error", str(exc))
         if not isinstance(response, AIMessage):
             return stopped("error", f"model returned {type(response).__name__}, not a message")
+        model_seconds = time.perf_counter() - called
         meta = response.usage_metadata
         input_tokens = meta["input_tokens"] if meta else estimate_tokens(prompt)
         output_tokens = meta["output_tokens"] if meta else estimate_tokens([response])
@@ -280,13 +282,23 @@ def make_plan_node(
             response.response_metadata.get("model_name") or ctx.model or "unknown"
         )
         price = lookup_price(model_name, ctx.price_table)
+        cost = cost_usd(price, input_tokens, output_tokens)
         new_usage = clock.usage(
             usage,
             model_calls=1,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            cost_usd=cost_usd(price, input_tokens, output_tokens),
+            cost_usd=cost,
             last_input_tokens=input_tokens,
+            model_seconds=model_seconds,
+            by_model={
+                model_name: {
+                    "calls": 1,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cost_usd": cost,
+                }
+            },
         )
         warnings = soft_warnings(new_usage, ctx, warnings_seen)
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
