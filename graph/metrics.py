@@ -49,7 +49,7 @@ class WardenMetrics:
         self.cost = Counter("warden_cost_usd", "Cost in USD, by model.", ["model"], registry=registry)
         self.tool_calls = Counter(
             "warden_tool_calls",
-            "Tool calls answered by `act`, by tool and status (success, error, refused).",
+            "Tool results, by tool and status (success, error; refused: by policy, loop, reviewer or halt).",
             ["tool", "status"],
             registry=registry,
         )
@@ -61,7 +61,11 @@ class WardenMetrics:
             "warden_approvals_decided", "Human decisions, by decision.", ["decision"],
             registry=registry,
         )
-        self.loops = Counter("warden_loop_detections", "Loops detected.", registry=registry)
+        self.loops = Counter(
+            "warden_loop_detections",
+            "Loop strikes recorded (a run then halted for a loop counts in warden_halts{reason=loop}).",
+            registry=registry,
+        )
         self.flags = Counter(
             "warden_injection_flags", "Injection flags, by source (task or tool).", ["source"],
             registry=registry,
