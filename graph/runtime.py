@@ -45,6 +45,7 @@ from graph.redaction import redact, redact_obj
 from graph.settings import Settings, load_config_file
 from graph.state import StopSignal, empty_usage
 from graph.toolset import build_toolset
+from graph.tracing import Tracing
 from nodes.accounting import run_profile
 from nodes.plan import ModelFactory
 from tools.builtin import default_tools
@@ -162,8 +163,10 @@ class Warden:
         model_factory: ModelFactory,
         progress: Progress | None = None,
         redact_skip_fields: Iterable[str] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self.saver = saver
+        self.tracing = tracing or Tracing()
         self.redact_skip_fields = tuple(redact_skip_fields)
         self.pool = saver_pool(saver)
         self.outbox = outbox
@@ -226,12 +229,14 @@ class Warden:
     async def _drive(self, thread_id: str, ctx: Context, setup: Setup, payload: Any) -> RunOutcome:
         graph = self.graph(*setup)
         config = self.config(thread_id, ctx)
-        async for chunk in graph.astream(
-            payload, config, context=ctx, stream_mode="updates", durability="sync"
-        ):
-            for node, update in chunk.items():
-                if self.progress and node != "__interrupt__" and isinstance(update, dict):
-                    self.progress(node, update, ctx)
+        traced = self.tracing.run_config(config, thread_id, ctx)
+        with self.tracing.scope():
+            async for chunk in graph.astream(
+                payload, traced, context=ctx, stream_mode="updates", durability="sync"
+            ):
+                for node, update in chunk.items():
+                    if self.progress and node != "__interrupt__" and isinstance(update, dict):
+                        self.progress(node, update, ctx)
         return self._outcome(thread_id, await graph.aget_state(config), ctx)
 
     async def run(
@@ -415,18 +420,29 @@ async def open_warden(settings: Settings, *, progress: Progress | None = None) -
     url, embedded = await asyncio.to_thread(
         resolve_database_url, settings.database_url, settings.data_dir
     )
+    tracing = Tracing.configure(
+        requested=settings.langsmith_tracing,
+        api_key=settings.langsmith_api_key,
+        endpoint=settings.langsmith_endpoint,
+        project=settings.langsmith_project,
+        otel_endpoint=settings.otel_endpoint,
+    )
     async with open_saver(
         url,
         auto_migrate=embedded,
         prepare_threshold=settings.prepare_threshold,
         max_size=settings.pool_max_size,
     ) as saver:
-        yield Warden(
-            saver,
-            outbox=settings.data_dir / "outbox",
-            model_factory=make_model_factory(
-                base_url=settings.openai_base_url, api_key=settings.openai_api_key
-            ),
-            progress=progress,
-            redact_skip_fields=settings.redact_skip_fields,
-        )
+        try:
+            yield Warden(
+                saver,
+                outbox=settings.data_dir / "outbox",
+                model_factory=make_model_factory(
+                    base_url=settings.openai_base_url, api_key=settings.openai_api_key
+                ),
+                progress=progress,
+                redact_skip_fields=settings.redact_skip_fields,
+                tracing=tracing,
+            )
+        finally:
+            await asyncio.to_thread(tracing.flush)

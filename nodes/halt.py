@@ -11,6 +11,7 @@ from langgraph.runtime import Runtime
 from graph.context import Context, run_context
 from graph.routing import diagnose, pending_tool_calls
 from graph.state import State
+from graph.tracing import mark_halt
 from nodes.accounting import NodeClock, run_profile
 from tools.registry import ToolRegistry
 
@@ -52,6 +53,7 @@ def make_halt_node(
             "approvals": len(state.get("approvals") or []),
             "profile": run_profile(usage),
         }
+        await mark_halt(report)
         return {
             "messages": unanswered,
             "halt_reason": verdict.reason,
