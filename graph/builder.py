@@ -13,6 +13,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from graph.context import Context, run_context, with_policy
+from graph.logs import logged
 from graph.metrics import observed
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
@@ -48,8 +49,8 @@ def build_graph(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
-    # Every node is wrapped by `observed` (Prometheus counts and latency, derived from
-    # its update); further wrappers compose around the same plain async callables.
+    # Every node is wrapped by `logged` (one log line) and `observed` (Prometheus counts
+    # and latency, derived from its update); further wrappers compose the same way.
     nodes: dict[str, Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]] = {
         "plan": make_plan_node(
             model=model,
@@ -64,7 +65,7 @@ def build_graph(
     }
     for name, node in nodes.items():
         # LangGraph's add_node overloads cannot see through a Callable type.
-        builder.add_node(name, observed(name, node))  # type: ignore[call-overload]
+        builder.add_node(name, observed(name, logged(name, node)))  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

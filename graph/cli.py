@@ -20,6 +20,7 @@ from rich.console import Console
 from graph.context import Context
 from graph.errors import BadInput, WardenError
 from graph.hitl import ALL_DECISIONS
+from graph.logs import configure_logging
 from graph.runtime import RunOutcome, Warden, open_warden
 from graph.settings import (
     Settings,
@@ -478,5 +479,11 @@ def main() -> None:
     """Entry point of the `warden` script."""
     # The pool logs each failed connection attempt; the CLI reports one error line instead.
     logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
+    try:
+        settings = load_settings()
+    except WardenError:
+        pass  # the command reports the bad setting as its one error line
+    else:
+        configure_logging(settings.log_format, settings.log_level)
     app(args=optional_reject_message(sys.argv[1:]))
 from graph import cli_observe  # noqa: E402,F401  registers commands

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
 from graph.errors import BadInput
 from graph.hitl import first_error
+from graph.logs import log_fields
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
 from graph.settings import Settings, load_config_file
@@ -59,6 +61,7 @@ EXIT_CODES: dict[Status, int] = {
     "in_progress": 1,
 }
 Progress = Callable[[str, dict[str, Any], Context], None]
+log = logging.getLogger(__name__)
 Setup = tuple[Path, Path | None]
 """Where a thread's tools come from: its workspace and its config file, if any."""
 
@@ -230,14 +233,21 @@ class Warden:
         graph = self.graph(*setup)
         config = self.config(thread_id, ctx)
         traced = self.tracing.run_config(config, thread_id, ctx)
-        with self.tracing.scope():
+        run_id = traced["metadata"]["warden_run_id"]
+        with self.tracing.scope(), log_fields(thread_id=thread_id, run_id=run_id):
+            log.info("run started", extra={"model": ctx.model, "tenant": ctx.tenant})
             async for chunk in graph.astream(
                 payload, traced, context=ctx, stream_mode="updates", durability="sync"
             ):
                 for node, update in chunk.items():
                     if self.progress and node != "__interrupt__" and isinstance(update, dict):
                         self.progress(node, update, ctx)
-        return self._outcome(thread_id, await graph.aget_state(config), ctx)
+            outcome = self._outcome(thread_id, await graph.aget_state(config), ctx)
+            log.info(
+                "run stopped",
+                extra={"status": outcome.status, "halt_reason": outcome.halt_reason},
+            )
+        return outcome
 
     async def run(
         self,
