@@ -5,21 +5,23 @@ derives every count from the node's *update* (and the state it started from), so
 nodes themselves carry no metrics code and other wrappers (audit, retention) compose
 with it freely.
 
-The metrics live in one `WardenMetrics` per process, registered on prometheus_client's
-default registry (`METRICS`): a Prometheus scrape reads one process, so process-wide
-counters are the model prometheus_client is built for. Tests and embedders that want
-isolation pass their own `WardenMetrics(CollectorRegistry())`.
+The metrics live in one `WardenMetrics` per process (`METRICS`, on `WARDEN_REGISTRY`,
+which is also forwarded into prometheus_client's default registry): a Prometheus
+scrape reads one process, so process-wide counters are the model prometheus_client is
+built for. An embedding app exposes them with any prometheus_client server or ASGI
+app; tests that want isolation pass their own `WardenMetrics(CollectorRegistry())`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from langchain_core.messages import ToolMessage
 from langgraph.errors import GraphInterrupt
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Metric
+from prometheus_client.registry import Collector
 
 S = TypeVar("S")
 R = TypeVar("R")
@@ -143,8 +145,21 @@ def _tool_messages(messages: Any) -> list[ToolMessage]:
     return [m for m in messages if isinstance(m, ToolMessage)]
 
 
-METRICS = WardenMetrics(REGISTRY)
-"""This process's metrics, on prometheus_client's default registry."""
+WARDEN_REGISTRY = CollectorRegistry()
+"""Warden's metric families alone (served at /warden/metrics by graph/http_app.py)."""
+METRICS = WardenMetrics(WARDEN_REGISTRY)
+"""This process's metrics."""
+
+
+class _Forward(Collector):
+    """Expose Warden's registry through the default one, which every /metrics serves."""
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield Warden's metric families."""
+        return WARDEN_REGISTRY.collect()
+
+
+REGISTRY.register(_Forward())
 
 
 def observed(
