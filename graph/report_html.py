@@ -16,11 +16,16 @@ COLOURS = {"completed": "#2e7d32", "error": "#c62828"}
 DEFAULT_COLOUR = "#ef6c00"
 
 
-def bar_chart(title: str, values: dict[str, float], fmt: str = "g") -> str:
-    """Return a horizontal bar chart as an inline SVG figure (its values as text too)."""
+def bar_chart(
+    title: str, values: dict[str, float], fmt: str = "g", full: float | None = None
+) -> str:
+    """Return a horizontal bar chart as an inline SVG figure (its values as text too).
+
+    Bars are scaled to `full` when given (e.g. 100 for percentages), else to the largest.
+    """
     if not values:
         return f'<figure><figcaption>{escape(title)}</figcaption><p class="none">none</p></figure>'
-    top = max(values.values()) or 1
+    top = full or max(values.values()) or 1
     span = CHART_WIDTH - LABEL_WIDTH - 90
     rows = []
     for i, (label, value) in enumerate(values.items()):
@@ -76,6 +81,7 @@ def render_html(data: dict[str, Any]) -> str:
             bar_chart(
                 "Tool error rate (%)",
                 {name: round(t["error_rate"] * 100, 1) for name, t in tools.items()},
+                full=100,
             ),
         ]
     )
