@@ -27,12 +27,16 @@ from langchain_core.messages import ToolMessage
 from langgraph.config import get_config
 from langgraph.errors import GraphInterrupt
 
+from graph.redaction import redact, redact_obj
+
 S = TypeVar("S")
 R = TypeVar("R")
 
 PACKAGES = ("graph", "nodes", "tools", "checkpoints")
 """Warden's top-level packages; their loggers get Warden's handler."""
 FIELDS = ("thread_id", "run_id", "node", "step")
+UNREDACTED = ("ts", "thread_id", "run_id", "step", "duration_ms")
+"""Identifiers and numbers that look like phone numbers to the redactor; never secrets."""
 
 _bound: ContextVar[dict[str, Any] | None] = ContextVar("warden_log_fields", default=None)
 
@@ -74,8 +78,16 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def _jsonable(value: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, context and extras."""
+    """One JSON object per line: time, level, logger, message, context and extras.
+
+    Every value passes through `graph.redaction` (all kinds) first: log lines are for
+    people and log stores, and a message or extra may quote a tool's error text.
+    """
 
     RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
@@ -90,7 +102,7 @@ class JsonFormatter(logging.Formatter):
         line |= {k: v for k, v in vars(record).items() if k not in self.RESERVED}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json.dumps(redact_obj(_jsonable(line), skip_fields=UNREDACTED), default=str)
 
 
 class HumanFormatter(logging.Formatter):
@@ -108,7 +120,7 @@ class HumanFormatter(logging.Formatter):
             )
             if part
         )
-        text = f"{record.levelname:<7} [{where or '-'}] {record.getMessage()}"
+        text = f"{record.levelname:<7} [{where or '-'}] {redact(record.getMessage())}"
         return f"{text}\n{self.formatException(record.exc_info)}" if record.exc_info else text
 
 
@@ -144,8 +156,13 @@ def logged(
         except GraphInterrupt:
             _log.info("awaiting approval", extra={"duration_ms": _ms(started)})
             raise
-        except Exception:
-            _log.exception("node failed", extra={"duration_ms": _ms(started)})
+        except Exception as exc:
+            # INFO, without the traceback: the exception propagates to whoever drives the
+            # run, which reports it (the CLI as one error line, e.g. for bad decisions).
+            _log.info(
+                "node raised %s", type(exc).__name__,
+                extra={"duration_ms": _ms(started), "error": str(exc)[:500]},
+            )
             raise
         extra: dict[str, Any] = {"duration_ms": _ms(started)}
         if isinstance(update, Mapping):
