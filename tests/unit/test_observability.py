@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from graph.errors import BadInput
+from graph.logs import ContextFilter, HumanFormatter, JsonFormatter, log_fields
 from graph.report_html import bar_chart
 from graph.runstats import parse_since, percentile
 from graph.state import add_usage, empty_usage
@@ -74,3 +77,20 @@ def test_bar_chart_escapes_labels_and_shows_values() -> None:
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert svg.count("<rect") == 2 and ">2</text>" in svg
     assert 'class="none"' in bar_chart("Empty", {})
+
+
+def test_log_lines_carry_bound_fields_and_are_redacted() -> None:
+    thread = "3d83ca69-0712-4ed2-a6b4-f78a2f332088"  # digits a phone detector could eat
+    record = logging.LogRecord(
+        "graph.run", logging.INFO, __file__, 1,
+        "tool said: mail alice@example.com, token sk-abcdefghijklmnopqrstuvwx", None, None,
+    )  # fmt: skip
+    record.error = "password=hunter22 rejected for +1 415 555 0100"
+    with log_fields(thread_id=thread, run_id="r-1"):
+        assert ContextFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["thread_id"], line["run_id"], line["node"], line["step"]) == (thread, "r-1", None, None)
+    assert line["message"] == "tool said: mail [REDACTED:email], token [REDACTED:secret]"
+    assert "hunter22" not in line["error"] and "555" not in line["error"]
+    human = HumanFormatter().format(record)
+    assert human == "INFO    [3d83ca69] tool said: mail [REDACTED:email], token [REDACTED:secret]"
