@@ -85,7 +85,8 @@ class WardenMetrics:
         """Count what one node did, from the state it started from and its update."""
         before = _usage_before(state)
         after = update.get("usage")
-        if isinstance(after, Mapping):
+        # Only `plan` changes the per-model totals; other nodes pass the same dict on.
+        if isinstance(after, Mapping) and after.get("by_model") is not before.get("by_model"):
             self._count_models(before.get("by_model") or {}, after.get("by_model") or {})
         for message in _tool_messages(update.get("messages")):
             meta = message.response_metadata.get("warden", {})
