@@ -178,11 +178,15 @@ class OtelHandler(BaseCallbackHandler):
 
     def __init__(self, endpoint: str) -> None:
         # Imported here: OpenTelemetry is the optional `otel` extra.
+        from opentelemetry import trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.trace import Status, StatusCode
 
+        self._in_span = trace.set_span_in_context
+        self._error = lambda exc: Status(StatusCode.ERROR, type(exc).__name__)
         self.provider = TracerProvider(resource=Resource.create({"service.name": "warden"}))
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
         self.tracer = self.provider.get_tracer("warden")
@@ -191,10 +195,8 @@ class OtelHandler(BaseCallbackHandler):
     def _start(
         self, kind: str, name: str, run_id: UUID, parent_run_id: UUID | None, metadata: Mapping[str, Any] | None
     ) -> None:
-        from opentelemetry import trace
-
         parent = self.spans.get(parent_run_id) if parent_run_id else None
-        context = trace.set_span_in_context(parent) if parent is not None else None
+        context = self._in_span(parent) if parent is not None else None
         attributes: dict[str, Any] = {"warden.kind": kind, "langchain.run_id": str(run_id)}
         for key, value in (metadata or {}).items():
             if key.startswith("warden_") and value is not None:
@@ -206,13 +208,11 @@ class OtelHandler(BaseCallbackHandler):
         self.spans[run_id] = self.tracer.start_span(name, context=context, attributes=attributes)
 
     def _end(self, run_id: UUID, error: BaseException | None = None) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         span = self.spans.pop(run_id, None)
         if span is None:
             return
         if error is not None:
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.set_status(self._error(error))
         span.end()
 
     def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
