@@ -50,5 +50,9 @@ def test_human_format_and_quiet_default(cli: Cli, write_script: Any) -> None:
     assert not any(line.startswith("{") for line in lines)
     quiet = cli(*run_args(write_script))  # default level WARNING: nothing for a good run
     assert quiet.code == 0 and quiet.err == "", str(quiet)
+    plain = cli(*run_args(write_script)[:-1])  # the human summary shows the run's profile
+    assert plain.code == 0, str(plain)
+    assert "  time: model " in plain.out and "; per node: plan " in plain.out
+    assert "  model gpt-4o-mini: 2 call(s), tokens 200+20, cost $" in plain.out
     bad = cli(*run_args(write_script), env={"WARDEN_LOG_LEVEL": "loud"})
     assert bad.code == 2 and bad.err.startswith("error: environment setting log_level"), str(bad)
