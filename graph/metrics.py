@@ -82,7 +82,11 @@ class WardenMetrics:
         )
 
     def record(self, node: str, state: Mapping[str, Any], update: Mapping[str, Any]) -> None:
-        """Count what one node did, from the state it started from and its update."""
+        """Count what one node did, from the state it started from and its update.
+
+        Label values are passed by position: prometheus_client's keyword form costs a
+        validation per call, and this runs after every node.
+        """
         before = _usage_before(state)
         after = update.get("usage")
         # Only `plan` changes the per-model totals; other nodes pass the same dict on.
@@ -92,29 +96,29 @@ class WardenMetrics:
             meta = message.response_metadata.get("warden", {})
             status = "refused" if meta.get("refused") else message.status
             tool = message.name or "unknown"
-            self.tool_calls.labels(tool=tool, status=status).inc()
+            self.tool_calls.labels(tool, status).inc()
             if not meta.get("refused") and "duration_ms" in meta:
-                self.tool_seconds.labels(tool=tool).observe(meta["duration_ms"] / 1000)
+                self.tool_seconds.labels(tool).observe(meta["duration_ms"] / 1000)
         for record in update.get("approvals") or []:
-            self.approvals_decided.labels(decision=record["decision"]).inc()
+            self.approvals_decided.labels(record["decision"]).inc()
         loop = update.get("loop")
         if isinstance(loop, Mapping):
             strikes = int((state.get("loop") or {}).get("strikes", 0))
             if loop.get("strikes", 0) > strikes:
                 self.loops.inc(loop["strikes"] - strikes)
         for flag in update.get("flags") or []:
-            self.flags.labels(source=str(flag.get("source", "unknown"))).inc()
+            self.flags.labels(str(flag.get("source", "unknown"))).inc()
         reason = update.get("halt_reason")
         if node == "halt" and reason:
-            self.halts.labels(reason=reason).inc()
-            self.runs.labels(outcome=outcome_of_halt(reason)).inc()
+            self.halts.labels(reason).inc()
+            self.runs.labels(outcome_of_halt(reason)).inc()
 
     def record_interrupt(self, interrupt: GraphInterrupt) -> None:
         """Count the tool calls an approval request puts to a human."""
         for item in interrupt.args[0] if interrupt.args else ():
             value = getattr(item, "value", None)
             for action in (value or {}).get("action_requests", []) if isinstance(value, dict) else []:
-                self.approvals_requested.labels(tool=str(action.get("name", "unknown"))).inc()
+                self.approvals_requested.labels(str(action.get("name", "unknown"))).inc()
 
     def _count_models(
         self, before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
@@ -124,11 +128,11 @@ class WardenMetrics:
             calls = totals.get("calls", 0) - prior.get("calls", 0)
             if calls <= 0:
                 continue
-            self.model_calls.labels(model=model).inc(calls)
+            self.model_calls.labels(model).inc(calls)
             for kind in ("input", "output"):
                 tokens = totals.get(f"{kind}_tokens", 0) - prior.get(f"{kind}_tokens", 0)
-                self.tokens.labels(model=model, kind=kind).inc(max(tokens, 0))
-            self.cost.labels(model=model).inc(
+                self.tokens.labels(model, kind).inc(max(tokens, 0))
+            self.cost.labels(model).inc(
                 max(totals.get("cost_usd", 0.0) - prior.get("cost_usd", 0.0), 0.0)
             )
 
@@ -179,7 +183,7 @@ def observed(
             sink.record_interrupt(exc)
             raise
         finally:
-            sink.step_seconds.labels(node=name).observe(time.perf_counter() - started)
+            sink.step_seconds.labels(name).observe(time.perf_counter() - started)
         if isinstance(update, Mapping) and isinstance(state, Mapping):
             sink.record(name, state, update)
         return update
