@@ -22,11 +22,13 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from checkpoints.saver import open_saver, resolve_database_url
 from graph.builder import build_graph, compile_graph
 from graph.context import MAX_STEPS_CEILING, recursion_limit_for
+from graph.logs import configure_logging
 from graph.models import make_model_factory
 from graph.settings import ConfigFile, load_config_file, load_settings, operator_policy
 from graph.toolset import build_toolset
 
 _settings = load_settings()
+configure_logging(_settings.log_format, _settings.log_level)
 _config_path = os.environ.get("WARDEN_CONFIG")
 _config = load_config_file(Path(_config_path)) if _config_path else ConfigFile()
 _factory = make_model_factory(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -14,6 +14,8 @@ from langgraph.runtime import Runtime
 
 from graph.audit import audited
 from graph.context import Context, run_context, with_policy
+from graph.logs import logged
+from graph.metrics import observed
 from graph.models import make_model_factory
 from graph.routing import route_after_approve, route_after_observe, route_after_plan
 from graph.state import InputState, State
@@ -49,28 +51,26 @@ def build_graph(
     registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry.of(tools)
     tiers = registry.tiers()
     builder = StateGraph(State, context_schema=Context, input_schema=InputState)
-    def wrapped(name: str, node: Any) -> Any:
-        # Every node honours a pending `warden cancel` at its boundary (nodes.cancellable),
-        # and its state update, a cancelled one included, becomes hash-chained audit
-        # events (graph.audit).
-        return audited(name, cancellable(name, node), tiers)
-
-    builder.add_node(  # type: ignore[call-overload]
-        "plan",
-        wrapped(
-            "plan",
-            make_plan_node(
-                model=model,
-                model_factory=model_factory or make_model_factory(),
-                tools=registry,
-                locked_policy=policy,
-            ),
+    # Every node, innermost first: honours a pending `warden cancel` at its boundary
+    # (nodes.cancellable); turns its state update, a cancelled one included, into
+    # hash-chained audit events (graph.audit); logs one line (`logged`); and counts
+    # into Prometheus metrics with its latency (`observed`).
+    nodes: dict[str, Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]] = {
+        "plan": make_plan_node(
+            model=model,
+            model_factory=model_factory or make_model_factory(),
+            tools=registry,
+            locked_policy=policy,
         ),
-    )
-    builder.add_node("approve", wrapped("approve", make_approve_node(registry)))  # type: ignore[call-overload]
-    builder.add_node("act", wrapped("act", make_act_node(registry)))  # type: ignore[call-overload]
-    builder.add_node("observe", wrapped("observe", observe))  # type: ignore[call-overload]
-    builder.add_node("halt", wrapped("halt", make_halt_node(registry)))  # type: ignore[call-overload]
+        "approve": make_approve_node(registry),
+        "act": make_act_node(registry),
+        "observe": observe,
+        "halt": make_halt_node(registry),
+    }
+    for name, node in nodes.items():
+        wrapped = observed(name, logged(name, audited(name, cancellable(name, node), tiers)))
+        # LangGraph's add_node overloads cannot see through a Callable type.
+        builder.add_node(name, wrapped)  # type: ignore[call-overload]
 
     def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)

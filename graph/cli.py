@@ -21,6 +21,7 @@ from checkpoints.locks import thread_is_busy
 from graph.context import Context
 from graph.errors import BadInput, WardenError
 from graph.hitl import ALL_DECISIONS
+from graph.logs import configure_logging
 from graph.runtime import RunOutcome, Warden, open_warden
 from graph.settings import (
     Settings,
@@ -161,7 +162,24 @@ def report(outcome: RunOutcome, as_json: bool) -> NoReturn:
         f"{u['input_tokens']}+{u['output_tokens']}, cost ${u['cost_usd']:.6f}, active "
         f"{u['active_seconds']:.2f}s"
     )
+    for line in profile_lines(outcome.report):
+        out.print(f"  {line}", soft_wrap=True)
     raise typer.Exit(outcome.exit_code)
+
+
+def profile_lines(profile: dict[str, Any]) -> list[str]:
+    """Describe where a run's time and money went, for the human report."""
+    nodes = ", ".join(f"{name} {secs:.3f}s" for name, secs in profile["node_seconds"].items())
+    lines = [
+        f"time: model {profile['model_seconds']:.3f}s, tools {profile['tool_seconds']:.3f}s"
+        + (f"; per node: {nodes}" if nodes else "")
+    ]
+    for name, m in profile["by_model"].items():
+        lines.append(
+            f"model {name}: {int(m['calls'])} call(s), tokens {int(m['input_tokens'])}+"
+            f"{int(m['output_tokens'])}, cost ${m['cost_usd']:.6f}"
+        )
+    return lines
 
 
 async def settle(
@@ -499,7 +517,13 @@ def main() -> None:
     # The pool logs each failed connection attempt, and psycopg warns when it cannot close
     # a pipeline on a lost connection; the CLI reports one error line instead.
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)
+    try:
+        settings = load_settings()
+    except WardenError:
+        pass  # the command reports the bad setting as its one error line
+    else:
+        configure_logging(settings.log_format, settings.log_level)
     app(args=optional_reject_message(sys.argv[1:]))
 
 
-from graph import cli_audit, cli_ops  # noqa: E402,F401  registers commands
+from graph import cli_audit, cli_observe, cli_ops  # noqa: E402,F401  registers commands

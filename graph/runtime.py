@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -42,11 +43,14 @@ from graph.builder import build_graph, compile_graph
 from graph.context import Context, context_from_json, context_to_json
 from graph.errors import BadInput, ThreadBusy
 from graph.hitl import PendingCall, first_error, response_schema
+from graph.logs import log_fields
 from graph.models import make_model_factory
 from graph.redaction import redact, redact_obj
 from graph.settings import Settings, load_config_file
 from graph.state import StopSignal, empty_usage
 from graph.toolset import build_toolset
+from graph.tracing import Tracing
+from nodes.accounting import run_profile
 from nodes.plan import ModelFactory
 from tools.builtin import default_tools
 from tools.registry import ToolRegistry
@@ -60,6 +64,7 @@ EXIT_CODES: dict[Status, int] = {
     "in_progress": 1,
 }
 Progress = Callable[[str, dict[str, Any], Context], None]
+log = logging.getLogger(__name__)
 Setup = tuple[Path, Path | None]
 """Where a thread's tools come from: its workspace and its config file, if any."""
 
@@ -77,6 +82,8 @@ class RunOutcome:
     budgets: dict[str, Any]
     pending_approval: dict[str, Any] | None
     warnings: list[str]
+    report: dict[str, Any]
+    """Where the run's time and money went (`nodes.accounting.run_profile`)."""
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +140,7 @@ def outcome_of(
         budgets=ctx.budgets(),
         pending_approval=pending,
         warnings=[shown("warnings", w) or "" for w in values.get("budget_warnings") or []],
+        report=run_profile(values.get("usage") or {}),
     )
 
 
@@ -164,8 +172,10 @@ class Warden:
         model_factory: ModelFactory,
         progress: Progress | None = None,
         redact_skip_fields: Iterable[str] = (),
+        tracing: Tracing | None = None,
     ) -> None:
         self.saver = saver
+        self.tracing = tracing or Tracing()
         self.redact_skip_fields = tuple(redact_skip_fields)
         self.pool = saver_pool(saver)
         self.outbox = outbox
@@ -231,13 +241,22 @@ class Warden:
     async def _drive(self, thread_id: str, ctx: Context, setup: Setup, payload: Any) -> RunOutcome:
         graph = self.graph(*setup)
         config = self.config(thread_id, ctx)
-        async for chunk in graph.astream(
-            payload, config, context=ctx, stream_mode="updates", durability="sync"
-        ):
-            for node, update in chunk.items():
-                if self.progress and node != "__interrupt__" and isinstance(update, dict):
-                    self.progress(node, update, ctx)
-        return self._outcome(thread_id, await graph.aget_state(config), ctx)
+        traced = self.tracing.run_config(config, thread_id, ctx)
+        run_id = traced["metadata"]["warden_run_id"]
+        with self.tracing.scope(), log_fields(thread_id=thread_id, run_id=run_id):
+            log.info("run started", extra={"model": ctx.model, "tenant": ctx.tenant})
+            async for chunk in graph.astream(
+                payload, traced, context=ctx, stream_mode="updates", durability="sync"
+            ):
+                for node, update in chunk.items():
+                    if self.progress and node != "__interrupt__" and isinstance(update, dict):
+                        self.progress(node, update, ctx)
+            outcome = self._outcome(thread_id, await graph.aget_state(config), ctx)
+            log.info(
+                "run stopped",
+                extra={"status": outcome.status, "halt_reason": outcome.halt_reason},
+            )
+        return outcome
 
     async def run(
         self,
@@ -521,18 +540,29 @@ async def open_warden(settings: Settings, *, progress: Progress | None = None) -
     url, embedded = await asyncio.to_thread(
         resolve_database_url, settings.database_url, settings.data_dir
     )
+    tracing = Tracing.configure(
+        requested=settings.langsmith_tracing,
+        api_key=settings.langsmith_api_key,
+        endpoint=settings.langsmith_endpoint,
+        project=settings.langsmith_project,
+        otel_endpoint=settings.otel_endpoint,
+    )
     async with open_saver(
         url,
         auto_migrate=embedded,
         prepare_threshold=settings.prepare_threshold,
         max_size=settings.pool_max_size,
     ) as saver:
-        yield Warden(
-            saver,
-            outbox=settings.data_dir / "outbox",
-            model_factory=make_model_factory(
-                base_url=settings.openai_base_url, api_key=settings.openai_api_key
-            ),
-            progress=progress,
-            redact_skip_fields=settings.redact_skip_fields,
-        )
+        try:
+            yield Warden(
+                saver,
+                outbox=settings.data_dir / "outbox",
+                model_factory=make_model_factory(
+                    base_url=settings.openai_base_url, api_key=settings.openai_api_key
+                ),
+                progress=progress,
+                redact_skip_fields=settings.redact_skip_fields,
+                tracing=tracing,
+            )
+        finally:
+            await asyncio.to_thread(tracing.flush)

@@ -96,7 +96,8 @@ def load_script(path: str | Path) -> Script:
 class ScriptedChatModel(BaseChatModel):
     """A chat model that replays scripted turns; `bind_tools` returns itself."""
 
-    script: Script
+    # Kept out of repr: tracers record a model's repr, and the turns are data.
+    script: Script = Field(repr=False)
     source: str = "<inline>"
 
     @classmethod
@@ -117,6 +118,11 @@ class ScriptedChatModel(BaseChatModel):
     def model_name(self) -> str:
         """Return the price-table name, as provider chat models expose theirs."""
         return self.script.model
+
+    def _identifying_params(self) -> dict[str, Any]:
+        # What traces record as the model's parameters: its name and file, as for a
+        # provider model, not the whole script (the turns are data, like completions).
+        return {"model": self.script.model, "source": self.source}
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
         """Return the model itself: the script decides which tools are called."""

@@ -50,6 +50,31 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "WARDEN_OPENAI_BASE_URL")
     )
+    langsmith_tracing: bool = Field(
+        default=False,
+        validation_alias=AliasChoices(
+            "LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "WARDEN_LANGSMITH_TRACING"
+        ),
+        description="Trace runs to LangSmith (needs an API key or an endpoint too).",
+    )
+    langsmith_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
+    )
+    langsmith_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("LANGSMITH_ENDPOINT", "LANGCHAIN_ENDPOINT")
+    )
+    langsmith_project: str | None = Field(
+        default=None, validation_alias=AliasChoices("LANGSMITH_PROJECT", "LANGCHAIN_PROJECT")
+    )
+    otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL; set = export run and node spans."
+    )
+    log_format: Literal["json", "human"] | None = Field(
+        default=None, description="Log line format; unset = human on a terminal, else json."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="WARNING", description="Level of Warden's log lines."
+    )
 
     @field_validator("redact_skip_fields", mode="before")
     @classmethod
@@ -63,7 +88,24 @@ class Settings(BaseSettings):
     def _none_word(cls, value: Any) -> Any:
         return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
-    @field_validator("database_url", "model", "openai_base_url", "openai_api_key", mode="before")
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().upper() or "WARNING"
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or None
+        return value
+
+    @field_validator(
+        "database_url", "model", "openai_base_url", "openai_api_key", "langsmith_api_key",
+        "langsmith_endpoint", "langsmith_project", "otel_endpoint", mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -62,6 +62,14 @@ class Usage(TypedDict):
     """Prompt size of the latest model call, used to project the next call."""
     rejections: int
     """Tool calls rejected by a reviewer in this run."""
+    node_seconds: NotRequired[dict[str, float]]
+    """Active time per node name (absent in runs checkpointed before it existed)."""
+    model_seconds: NotRequired[float]
+    """Time spent waiting for model responses."""
+    tool_seconds: NotRequired[float]
+    """Time spent executing tools."""
+    by_model: NotRequired[dict[str, dict[str, float]]]
+    """Per model name: `calls`, `input_tokens`, `output_tokens`, `cost_usd`."""
 
 
 def empty_usage() -> Usage:
@@ -77,20 +85,32 @@ def empty_usage() -> Usage:
         active_seconds=0.0,
         last_input_tokens=0,
         rejections=0,
+        node_seconds={},
+        model_seconds=0.0,
+        tool_seconds=0.0,
+        by_model={},
     )
+
+
+def _summed(current: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Add `delta` into a copy of `current`, key by key; nested mappings are summed too."""
+    merged = dict(current)
+    for key, value in delta.items():
+        if isinstance(value, Mapping):
+            merged[key] = _summed(merged.get(key) or {}, value)
+        else:
+            merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
     """Add a partial usage delta to the counters, returning a new dict."""
     base: dict[str, Any] = dict(current or empty_usage())
     for key, value in delta.items():
-        if key == "tool_calls_by_name":
-            merged: dict[str, int] = dict(base.get(key) or {})
-            for name, count in dict(value).items():
-                merged[name] = merged.get(name, 0) + count
-            base[key] = merged
-        elif key == "last_input_tokens":
+        if key == "last_input_tokens":
             base[key] = value
+        elif isinstance(value, Mapping):
+            base[key] = _summed(base.get(key) or {}, value)
         else:
             base[key] = base.get(key, 0) + value
     return base  # type: ignore[return-value]

@@ -161,6 +161,7 @@ def make_act_node(
         counted: dict[str, int] = {}
         pool = current_pool()
         thread_id = get_config()["configurable"].get("thread_id") if pool else None
+        tool_seconds = 0.0
         for call in batch:
             decision, why = call_decision(call, ctx, tiers, tainted=bool(state.get("tainted")))
             if decision == "deny":
@@ -197,6 +198,7 @@ def make_act_node(
                 time.perf_counter() - clock.started
             )
             spec = tools[call["name"]]
+            started = time.perf_counter()
             with running_under(ctx):
                 outcome = await run_once(
                     pool,
@@ -211,10 +213,15 @@ def make_act_node(
                     ),
                     run=lambda: execute(spec, call, args, remaining, breakers),  # noqa: B023
                 )
+            took = time.perf_counter() - started
+            tool_seconds += took
             if not isinstance(outcome, ToolMessage):
                 doubts.append(outcome)  # no result yet: `approve` asks a human first
                 continue
             message = outcome
+            # Every executed call carries its duration (metrics read it), not only successes;
+            # a result replayed from the ledger keeps the duration it was stored with.
+            message.response_metadata["warden"].setdefault("duration_ms", round(took * 1000, 3))
             if message.response_metadata["warden"].get("refused") is None:
                 counted[call["name"]] = counted.get(call["name"], 0) + 1
             if note:
@@ -228,7 +235,10 @@ def make_act_node(
         return {
             "messages": results,
             "usage": clock.usage(
-                state["usage"], tool_calls=sum(counted.values()), tool_calls_by_name=counted
+                state["usage"],
+                tool_calls=sum(counted.values()),
+                tool_calls_by_name=counted,
+                tool_seconds=tool_seconds,
             ),
         }
 

@@ -11,7 +11,8 @@ from langgraph.runtime import Runtime
 from graph.context import Context, run_context
 from graph.routing import diagnose, pending_tool_calls
 from graph.state import State
-from nodes.accounting import NodeClock
+from graph.tracing import mark_halt
+from nodes.accounting import NodeClock, run_profile
 from tools.registry import ToolRegistry
 
 
@@ -50,7 +51,9 @@ def make_halt_node(
             "budgets": ctx.budgets(),
             "warnings": list(state.get("budget_warnings") or []),
             "approvals": len(state.get("approvals") or []),
+            "profile": run_profile(usage),
         }
+        await mark_halt(report)
         return {
             "messages": unanswered,
             "halt_reason": verdict.reason,

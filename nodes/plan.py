@@ -262,6 +262,7 @@ def make_plan_node(
         )
         if isinstance(hold, Refusal):
             return stopped("global_budget", hold.detail)
+        called = time.perf_counter()
         try:
             response = await asyncio.wait_for(
                 metered(hold, bound.ainvoke(prompt, config={"metadata": {"warden_turn": turn}})),
@@ -275,6 +276,7 @@ def make_plan_node(
             if hold is not None:
                 await hold.settle(0.0)
             return stopped("error", f"model returned {type(response).__name__}, not a message")
+        model_seconds = time.perf_counter() - called
         meta = response.usage_metadata
         input_tokens = meta["input_tokens"] if meta else estimate_tokens(prompt)
         output_tokens = meta["output_tokens"] if meta else estimate_tokens([response])
@@ -292,13 +294,23 @@ def make_plan_node(
             response.response_metadata.get("model_name") or ctx.model or "unknown"
         )
         price = lookup_price(model_name, ctx.price_table)
+        cost = cost_usd(price, input_tokens, output_tokens)
         new_usage = clock.usage(
             usage,
             model_calls=1,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            cost_usd=cost_usd(price, input_tokens, output_tokens),
+            cost_usd=cost,
             last_input_tokens=input_tokens,
+            model_seconds=model_seconds,
+            by_model={
+                model_name: {
+                    "calls": 1,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cost_usd": cost,
+                }
+            },
         )
         if hold is not None:
             await hold.settle(new_usage["cost_usd"] - usage["cost_usd"])

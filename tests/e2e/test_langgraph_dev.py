@@ -4,7 +4,8 @@ The server is started from the repository root (where langgraph.json lives) with
 scripted model; a LangGraph SDK client drives a run to its approval interrupt, sends a
 malformed resume (refused, interrupt still pending), then a valid one, and checks the
 final state and the checkpoint rows in Postgres. A second thread checks that a run's
-`context` (budgets, model) is honoured.
+`context` (budgets, model) is honoured; `/metrics` (langgraph.json's custom HTTP app)
+then shows both runs' counts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 from langgraph_sdk import get_client
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg.rows import dict_row
 
 from checkpoints.audit_chain import verify_chain
@@ -208,3 +210,28 @@ async def test_approval_round_trip_and_context_budgets(
     assert halted["usage"]["model_calls"] == 2
     assert halted["report"]["budgets"]["max_steps"] == 2
     assert checkpoint_rows(database_url, second) > 0
+
+    # Warden's metrics counted these runs: at /warden/metrics (langgraph.json's custom
+    # HTTP app, Warden's families only) and at the server's own /metrics.
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        own = await http.get("/warden/metrics")
+        shared = await http.get("/metrics")
+    assert own.status_code == 200 and shared.status_code == 200
+
+    def warden_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("warden_")
+        }
+
+    assert not any(f.name.startswith("lg_api") for f in text_string_to_metric_families(own.text))
+    samples = warden_samples(own.text)
+    assert warden_samples(shared.text) == samples
+    assert samples[("warden_runs_total", (("outcome", "completed"),))] == 1
+    assert samples[("warden_halts_total", (("reason", "max_steps"),))] == 1
+    assert samples[("warden_approvals_requested_total", (("tool", "send_email"),))] == 1
+    assert samples[("warden_approvals_decided_total", (("decision", "approve"),))] == 1
+    assert samples[("warden_tool_calls_total", (("status", "success"), ("tool", "send_email")))] == 1
+    assert samples[("warden_step_seconds_count", (("node", "halt"),))] == 2

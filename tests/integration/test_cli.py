@@ -38,6 +38,7 @@ JSON_KEYS = {
     "budgets",
     "pending_approval",
     "warnings",
+    "report",
 }
 USAGE_KEYS = {
     "steps",
@@ -275,6 +276,16 @@ def test_run_json_contract_completed(cli: Cli, write_script, workspace: Path) ->
     assert budgets["max_tokens"] == 50000
     assert budgets["max_cost"] == 0.5
     assert budgets["max_seconds"] == 120
+    report = data["report"]  # where the time and money went
+    assert set(report["node_seconds"]) == {"plan", "act", "observe", "halt"}
+    assert sum(report["node_seconds"].values()) == pytest.approx(usage["active_seconds"], abs=1e-5)
+    assert 0 < report["model_seconds"] <= report["node_seconds"]["plan"]
+    assert 0 < report["tool_seconds"] <= report["node_seconds"]["act"]
+    assert report["by_model"] == {
+        "gpt-4o-mini": {
+            "calls": 3, "input_tokens": 820, "output_tokens": 65, "cost_usd": pytest.approx(price(820, 65))
+        }
+    }  # fmt: skip
 
 
 def test_run_without_json_prints_progress_and_summary(

@@ -28,6 +28,10 @@ def test_top_level_packages_come_from_this_repository(package: str) -> None:
         ("checkpoints.saver", "nodes"),
         ("graph.state", "nodes"),
         ("graph.routing", "tools"),
+        ("nodes.halt", "graph.runtime"),
+        ("graph.metrics", "nodes"),
+        ("graph.logs", "nodes"),
+        ("graph.tracing", "nodes"),
     ],
 )
 def test_lower_layers_do_not_import_the_assembly(module: str, forbidden: str) -> None:
