@@ -119,6 +119,7 @@ class ScriptedChatModel(BaseChatModel):
         """Return the price-table name, as provider chat models expose theirs."""
         return self.script.model
 
+    @property
     def _identifying_params(self) -> dict[str, Any]:
         # What traces record as the model's parameters: its name and file, as for a
         # provider model, not the whole script (the turns are data, like completions).
