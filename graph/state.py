@@ -61,6 +61,12 @@ class Usage(TypedDict):
     """Prompt size of the latest model call, used to project the next call."""
     rejections: int
     """Tool calls rejected by a reviewer in this run."""
+    last_prompt_tokens: int
+    """Size of the latest prompt Warden assembled (counted before the call)."""
+    peak_prompt_tokens: int
+    """Largest prompt Warden assembled in this run."""
+    summary_calls: int
+    """Calls to the summary model (their tokens and cost are in the totals above)."""
 
 
 def empty_usage() -> Usage:
@@ -76,6 +82,9 @@ def empty_usage() -> Usage:
         active_seconds=0.0,
         last_input_tokens=0,
         rejections=0,
+        last_prompt_tokens=0,
+        peak_prompt_tokens=0,
+        summary_calls=0,
     )
 
 
@@ -88,8 +97,10 @@ def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
             for name, count in dict(value).items():
                 merged[name] = merged.get(name, 0) + count
             base[key] = merged
-        elif key == "last_input_tokens":
+        elif key in ("last_input_tokens", "last_prompt_tokens"):
             base[key] = value
+        elif key == "peak_prompt_tokens":
+            base[key] = max(base.get(key, 0), value)
         else:
             base[key] = base.get(key, 0) + value
     return base  # type: ignore[return-value]
@@ -180,6 +191,9 @@ class State(TypedDict):
     """True once the run has seen instruction-like content in untrusted data."""
     flags: Annotated[list[dict[str, Any]], operator.add]
     """Injection and policy flags recorded during runs (what, where, why)."""
+    summaries: Annotated[list[dict[str, Any]], operator.add]
+    """Summaries of older work shown to the model in place of it: `text`, `covers` (ids of
+    the first and last message summarised), `steps`, `tokens`, the summary model's usage."""
 
 
 class InputState(TypedDict):

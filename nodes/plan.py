@@ -15,7 +15,6 @@ from langchain_core.messages import (
     AnyMessage,
     BaseMessage,
     HumanMessage,
-    SystemMessage,
     ToolMessage,
 )
 from langchain_core.runnables import Runnable
@@ -26,12 +25,13 @@ from langgraph.types import Overwrite
 
 from graph.context import Context, context_to_json, run_context, with_policy
 from graph.errors import ConfigError, ScriptExhaustedError
-from graph.injection import data_contract, fence, flag_record, sanitize_task
+from graph.injection import flag_record, sanitize_task
 from graph.pricing import cost_usd, lookup_price
 from graph.ratelimit import RateLimitExceedsBudget, limiter_for
 from graph.routing import soft_warnings
-from graph.state import State, StopSignal, Usage, empty_loop_state, empty_usage
+from graph.state import State, StopSignal, Usage, add_usage, empty_loop_state, empty_usage
 from nodes.accounting import NodeClock
+from nodes.context_window import ContextOverflowError, build_prompt, render_tool_message
 from tools.registry import ToolRegistry
 
 
@@ -53,41 +53,20 @@ def latest_instruction(messages: Sequence[AnyMessage]) -> str | None:
 
 
 def render_for_model(messages: Sequence[AnyMessage], nonce: str) -> list[BaseMessage]:
-    """Fence tool results as untrusted data, with provenance and the run's nonce.
+    """Render the whole history for the model: tool results fenced with provenance.
 
     Each tool result goes between `<<warden-data nonce=...>>` delimiters (see
-    `graph.injection.fence`); fence markers and the nonce inside the data are
-    neutralised, so data cannot close its fence or forge one. Two kinds of tool
-    message carry no outside data and are shown as what they are instead: a human
-    reviewer's answer given in place of running the tool, and Warden's own refusals.
-    The rest of the conversation is left as is.
+    `nodes.context_window.render_tool_message`). `plan` itself assembles a budgeted
+    prompt with `nodes.context_window.build_prompt`; this renders everything, in full.
     """
     step = 0
     rendered: list[BaseMessage] = []
     for message in messages:
         if isinstance(message, AIMessage):
             step += 1
-        if not isinstance(message, ToolMessage):
-            rendered.append(message)
-            continue
-        meta = message.response_metadata.get("warden") or {}
-        if meta.get("responded_by"):
-            content = (
-                f"[answer from human reviewer {meta['responded_by']}, given instead of running "
-                f"{message.name}]\n{message.text}"
-            )
-        elif meta.get("refused"):
-            content = f"[warden: call not executed ({meta['refused']})]\n{message.text}"
-        else:
-            content = fence(
-                message.text,
-                nonce,
-                tool=message.name,
-                call_id=message.tool_call_id,
-                step=step,
-                status="error" if message.status == "error" else None,
-            )
-        rendered.append(message.model_copy(update={"content": content}))
+        rendered.append(
+            render_tool_message(message, nonce, step) if isinstance(message, ToolMessage) else message
+        )
     return rendered
 
 
@@ -224,9 +203,25 @@ def make_plan_node(
         nonce = update.get("data_nonce") or state.get("data_nonce")
         if not nonce:  # a run started before data fences existed
             nonce = update["data_nonce"] = secrets.token_hex(8)
-        prompt = [
-            SystemMessage(content=f"{ctx.system_prompt}\n\n{data_contract(nonce)}"),
-            *render_for_model(history, nonce),
+        try:
+            window = await build_prompt(
+                ctx=ctx,
+                model=chat,
+                nonce=nonce,
+                offered=offered,
+                history=history,
+                summaries=state.get("summaries") or [],
+                resolve_summary_model=lambda spec: model_factory(spec, retries=ctx.model_retries),
+                time_left=ctx.max_seconds - usage["active_seconds"] - (time.perf_counter() - clock.started),
+            )
+        except ContextOverflowError as exc:
+            return stopped("error", f"context: {exc}")
+        prompt = window.messages
+        usage = add_usage(usage, window.usage)
+        if window.summary is not None:
+            update["summaries"] = [window.summary]
+        context_warnings = [
+            w for w in [window.warning] if w and not any(s.startswith(w[:24]) for s in warnings_seen)
         ]
         turn = sum(isinstance(m, AIMessage) for m in history)
         remaining = (
@@ -287,8 +282,10 @@ def make_plan_node(
             output_tokens=output_tokens,
             cost_usd=cost_usd(price, input_tokens, output_tokens),
             last_input_tokens=input_tokens,
+            last_prompt_tokens=window.tokens,
+            peak_prompt_tokens=window.tokens,
         )
-        warnings = soft_warnings(new_usage, ctx, warnings_seen)
+        warnings = [*context_warnings, *soft_warnings(new_usage, ctx, warnings_seen)]
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")
         result = update | {
