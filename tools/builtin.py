@@ -16,6 +16,7 @@ from langchain_core.tools import StructuredTool
 
 from tools.email import SendEmailArgs  # one model-facing schema for both backends
 from tools.files import file_tools
+from tools.memory import memory_tools
 from tools.registry import ToolSpec
 
 
@@ -50,5 +51,5 @@ def outbox_email_tool(outbox: Path) -> ToolSpec:
 
 
 def default_tools(workspace: Path, outbox: Path) -> list[ToolSpec]:
-    """Return the tools the CLI and the demo offer: workspace reads and the email outbox."""
-    return [*workspace_tools(workspace), outbox_email_tool(outbox)]
+    """Return the tools the CLI and the demo offer: workspace reads, the email outbox, memory."""
+    return [*workspace_tools(workspace), outbox_email_tool(outbox), *memory_tools()]
