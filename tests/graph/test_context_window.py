@@ -145,6 +145,7 @@ async def test_200_tool_calls_stay_under_the_budget() -> None:
     assert any("earlier messages" in m.text and "are not shown" in m.text for m in last)
     usage = result["usage"]
     assert 0 < usage["last_prompt_tokens"] <= usage["peak_prompt_tokens"] <= BUDGET
+    assert usage["last_prompt_tokens"] == counter.messages(last) + schema_tokens
     assert usage["peak_prompt_tokens"] > BUDGET // 2
 
 
