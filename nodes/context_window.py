@@ -50,6 +50,8 @@ DEFAULT_CONTEXT_WINDOW = 128_000
 RECENT_SHARE = 0.5
 # Share of the room for turns in full; the rest shows older turns cut.
 FULL_SHARE = 0.6
+# Largest share of the budget a summary may take.
+SUMMARY_SHARE = 0.25
 SUMMARY_PROMPT = (
     "You summarise the earlier work of an AI agent so it can continue with less context. "
     "Write a concise, factual summary: what was done, what each tool result showed that "
@@ -360,7 +362,9 @@ class Assembler:
             # Even the latest turn does not fit cut to the usual size: give its results
             # what room there is, so the model still sees the newest observations.
             newest = open_units[-1]
-            share = max((room - note_room - self.cost(newest, 0)) // max(len(newest.messages) - 1, 1), 0)
+            results = max(len(newest.messages) - 1, 1)
+            # A few tokens per result of slack: a cut can end mid-character and re-tokenise longer.
+            share = max((room - note_room - self.cost(newest, 0)) // results - 8, 0)
             if self.cost(newest, share) <= room - note_room:
                 plan.cut.append(newest)
                 plan.dropped.remove(newest)
@@ -496,6 +500,8 @@ async def summarise(
     text = response.text.strip()
     if not text:
         raise ValueError("the summary model returned an empty summary")
+    # A summary longer than its share would crowd out the recent turns it sits beside.
+    text = head(text, int(SUMMARY_SHARE * assembler.budget))[0]
     meta = response.usage_metadata
     input_tokens = meta["input_tokens"] if meta else assembler.counter.messages(prompt)
     output_tokens = meta["output_tokens"] if meta else assembler.counter.message(response)
@@ -566,6 +572,12 @@ async def build_prompt(
             except Exception as exc:  # any failure falls back to truncation, by design
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 warning = f"context: summary failed ({first}); older work truncated instead"
-    window = assembler.assemble(history, [*summaries, record] if record else summaries)
+    used = [*summaries, record] if record else list(summaries)
+    try:
+        window = assembler.assemble(history, used)
+    except ContextOverflowError:
+        if not used:
+            raise
+        window = assembler.assemble(history, [])  # the summary left no room: cut instead
     window.summary, window.usage, window.warning = record, usage, warning
     return window

@@ -155,3 +155,23 @@ def test_config_file_sets_context_and_memory(tmp_path: Path) -> None:
     assert (ctx.context_budget_tokens, ctx.context_reserve_tokens, ctx.summary_threshold) == (32000, 2048, 0.7)
     assert (ctx.summary_model, ctx.truncate_tool_tokens) == ("openai:gpt-4o-mini", 128)
     assert (ctx.memory_embeddings, ctx.memory_embedding_dims) == ("openai:text-embedding-3-small", 1536)
+
+
+def test_a_huge_newest_result_is_cut_to_the_room_left() -> None:
+    history: list[Any] = [
+        HumanMessage(content="task", id="h"),
+        ai(1, "a"),
+        result("a", "alpha"),
+        ai(2, "b"),
+        result("b", "word " * 5000),
+    ]
+    ctx = Context(context_budget_tokens=1500, truncate_tool_tokens=2000)
+    assembler = Assembler(ctx=ctx, model=ScriptedChatModel.from_turns([{"content": "x"}]), nonce=NONCE, offered=[])
+    window = assembler.assemble(history, [])
+    assert window.tokens <= 1500
+    assert TokenCounter(None).messages(window.messages) == window.tokens
+    newest = window.messages[-1]
+    assert newest.id == "tm-b" and "truncated=" in newest.text and "call_id=b step=2" in newest.text
+    assert window.messages[-2].id == "ai-2"  # its call comes with it
+    assert "tm-a" not in [m.id for m in window.messages]  # no room left for the older pair
+    assert any("earlier messages (steps 1-1) are not shown" in m.text for m in window.messages)
