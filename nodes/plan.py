@@ -271,6 +271,11 @@ def make_plan_node(
                     }
                 }
             )
+        # The prompt's size is kept with the turn it produced: a per-step record for audits.
+        warden_meta = {**(response.response_metadata.get("warden") or {}), "prompt_tokens": window.tokens}
+        response = response.model_copy(
+            update={"response_metadata": {**response.response_metadata, "warden": warden_meta}}
+        )
         model_name = str(
             response.response_metadata.get("model_name") or ctx.model or "unknown"
         )

@@ -146,6 +146,11 @@ async def test_200_tool_calls_stay_under_the_budget() -> None:
     usage = result["usage"]
     assert 0 < usage["last_prompt_tokens"] <= usage["peak_prompt_tokens"] <= BUDGET
     assert usage["last_prompt_tokens"] == counter.messages(last) + schema_tokens
+    # Each model turn records the size of the prompt it was given.
+    turns = [m for m in result["messages"] if isinstance(m, AIMessage)]
+    sizes = [m.response_metadata["warden"]["prompt_tokens"] for m in turns]
+    assert sizes == [counter.messages(p) + schema_tokens for p in prompts]
+    assert max(sizes) == usage["peak_prompt_tokens"]
     assert usage["peak_prompt_tokens"] > BUDGET // 2
 
 
