@@ -62,7 +62,8 @@ SUMMARY_PROMPT = (
 
 # Rendered units and their token counts, shared by the steps of every run in this
 # process (keys carry the run's nonce and the message ids). A bounded cache of pure
-# results, not run state.
+# results, not run state. Assembly runs in worker threads: each OrderedDict operation
+# is atomic under the GIL, and a race at worst renders a unit twice.
 RENDER_CACHE_SIZE = 4096
 _RENDERED: OrderedDict[tuple[Any, ...], tuple[list[BaseMessage], int]] = OrderedDict()
 
@@ -491,7 +492,7 @@ async def summarise(
     """
     prompt = [
         SystemMessage(content=f"{SUMMARY_PROMPT}\n\n{data_contract(assembler.nonce)}"),
-        HumanMessage(content=assembler.transcript(units, previous)),
+        HumanMessage(content=await asyncio.to_thread(assembler.transcript, units, previous)),
     ]
     response = await asyncio.wait_for(
         summary_model.ainvoke(prompt, config={"metadata": {"warden_turn": index, "warden_summary": True}}),
@@ -554,18 +555,22 @@ async def build_prompt(
     recorded as a warning and the prompt is assembled by truncation instead; the result
     never passes the budget. Raises ContextOverflowError when even the fixed parts do not
     fit.
+
+    Counting and assembly run in a worker thread: they are CPU work over the whole
+    history, and the first count loads the tokenizer's file (a model's own counter may
+    even fetch one), which must not block the event loop the server's runs share.
     """
-    assembler = Assembler(ctx=ctx, model=model, nonce=nonce, offered=offered)
+    assembler = await asyncio.to_thread(Assembler, ctx=ctx, model=model, nonce=nonce, offered=offered)
     record: dict[str, Any] | None = None
     usage: dict[str, Any] = {}
     warning: str | None = None
     if ctx.summary_model is not None:
-        units = assembler.due(history, summaries)
+        units = await asyncio.to_thread(assembler.due, history, summaries)
         if units:
             previous, _ = latest_summary(summaries, history)
             made = sum(1 for s in summaries if s.get("text"))
             try:
-                summary_model = resolve_summary_model(ctx.summary_model)
+                summary_model = await asyncio.to_thread(resolve_summary_model, ctx.summary_model)
                 record, usage = await summarise(
                     assembler, summary_model, units, previous, index=made, time_left=time_left, ctx=ctx
                 )
@@ -573,11 +578,15 @@ async def build_prompt(
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 warning = f"context: summary failed ({first}); older work truncated instead"
     used = [*summaries, record] if record else list(summaries)
-    try:
-        window = assembler.assemble(history, used)
-    except ContextOverflowError:
-        if not used:
-            raise
-        window = assembler.assemble(history, [])  # the summary left no room: cut instead
+
+    def assemble() -> Window:
+        try:
+            return assembler.assemble(history, used)
+        except ContextOverflowError:
+            if not used:
+                raise
+            return assembler.assemble(history, [])  # the summary left no room: cut instead
+
+    window = await asyncio.to_thread(assemble)
     window.summary, window.usage, window.warning = record, usage, warning
     return window

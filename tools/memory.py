@@ -23,6 +23,7 @@ redacted (`Context.redact`) before it is stored.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 import json
@@ -193,7 +194,8 @@ async def memory_for_run() -> Memory:
         raise ToolError("long-term memory needs a Warden run on its Postgres database; none here")
     embeddings = None
     if ctx.memory_embeddings is not None and await has_pgvector(pool):
-        embeddings = load_embeddings(ctx.memory_embeddings)
+        # Resolving imports provider modules and builds clients: off the event loop.
+        embeddings = await asyncio.to_thread(load_embeddings, ctx.memory_embeddings)
     memory = Memory(pool, ctx.tenant, embeddings, ctx.memory_embedding_dims)
     if embeddings is not None and (id(pool), ctx.memory_embedding_dims) not in _VECTORS_READY:
         await memory.setup_vectors()
