@@ -438,7 +438,7 @@ class Assembler:
             return []
         room = RECENT_SHARE * (self.budget - self.fixed - pinned_cost)
         tail = 0
-        keep = len(open_units)
+        keep = max(len(open_units) - 1, 0)  # the newest turn is never summarised away
         for k in range(len(open_units) - 1, -1, -1):
             tail += self.cost(open_units[k])
             if tail > room:
