@@ -23,6 +23,7 @@ from typing import Any
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from bench.db import fresh_database, thread_storage
+from bench.prompt_tokens import bench_prompt_tokens, report_prompt_tokens
 from bench.workload import Runner, make_model, make_tool, stock_app, warden_app, warden_context
 from checkpoints.saver import open_saver
 
@@ -226,7 +227,7 @@ def report(res: dict[str, Any]) -> list[str]:
         f"    warden {w / 1e6:8.1f} MB   stock {s / 1e6:8.1f} MB   warden/stock {w / s:5.2f}x"
         f"   goal <= stock  {verdict(w <= s)}",
     ]
-    return lines
+    return lines + report_prompt_tokens(res["prompt_tokens"])
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -253,6 +254,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             res["throughput"], res["memory"] = await bench_concurrent(
                 savers, n_runs, args.steps, args.delay
             )
+            res["prompt_tokens"] = await bench_prompt_tokens()
             res["bench_seconds"] = time.perf_counter() - t0
     return res
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.store.postgres.aio import AsyncPostgresStore
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
@@ -147,12 +148,21 @@ WARDEN_MIGRATIONS: list[str] = [
     BEFORE TRUNCATE ON warden_audit_retention
     FOR EACH STATEMENT EXECUTE FUNCTION warden_audit_append_only()
     """,
+    # Keyword recall of long-term memory (tools/memory.py) over LangGraph's store table,
+    # which `AsyncPostgresStore.setup()` creates before these migrations run.
+    """
+    CREATE INDEX IF NOT EXISTS warden_memory_text_idx ON store
+        USING gin (to_tsvector('simple', value->>'text'))
+        WHERE prefix LIKE 'warden_memory.%'
+    """,
 ]
 
 
 async def migrate(pool: AsyncConnectionPool[AsyncConnection[DictRow]]) -> int:
     """Apply every pending migration; return how many Warden migrations ran."""
     await AsyncPostgresSaver(pool).setup()  # type: ignore[arg-type]
+    # Long-term memory's tables (its vector table is set up on first use with embeddings).
+    await AsyncPostgresStore(pool).setup()  # type: ignore[arg-type]
     async with pool.connection() as conn:
         await conn.execute(WARDEN_MIGRATIONS[0])
         # One migrator at a time, even when several workers start together.

@@ -118,6 +118,43 @@ class Context:
     flag_injection_in_task: bool = Field(
         default=True, description="Run the injection detector on the task (flag, not block)."
     )
+    context_budget_tokens: int | None = Field(
+        default=None,
+        ge=256,
+        description=(
+            "Token budget of each prompt (system prompt, tool schemas and messages). None: "
+            "the model's context window (its profile, else 128k) minus `context_reserve_tokens`."
+        ),
+    )
+    context_reserve_tokens: int = Field(
+        default=4096, ge=0, description="Tokens kept free for the answer when the budget is derived."
+    )
+    summary_threshold: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Fraction of the budget that, once the history would pass it, triggers a summary.",
+    )
+    summary_model: str | None = Field(
+        default=None,
+        description=(
+            "Model that summarises older work (`openai:gpt-4o-mini`, `scripted:PATH`). None: no "
+            "summaries; older tool results are truncated and, if needed, left out."
+        ),
+    )
+    truncate_tool_tokens: int = Field(
+        default=256, ge=16, description="Older tool results are cut to this many tokens."
+    )
+    memory_embeddings: str | None = Field(
+        default=None,
+        description=(
+            "Embeddings for semantic `recall` (`openai:text-embedding-3-small`, or an import "
+            "path `pkg.module:factory`); needs pgvector. None: keyword recall."
+        ),
+    )
+    memory_embedding_dims: int = Field(
+        default=1536, ge=1, le=16000, description="Dimensions of the memory embeddings."
+    )
     redact: tuple[str, ...] = Field(
         default=("email", "phone", "card", "national_id", "secret", "url_password"),
         description="Kinds of secrets and PII redacted from logs, traces, history and reports.",

@@ -151,6 +151,19 @@ class PolicyTable(_Table):
     max_rejections: int | None = None
 
 
+class ContextTable(_Table):
+    budget_tokens: int | None = None
+    reserve_tokens: int | None = None
+    summary_threshold: float | None = None
+    summary_model: str | None = None
+    truncate_tool_tokens: int | None = None
+
+
+class MemoryTable(_Table):
+    embeddings: str | None = None
+    embedding_dims: int | None = None
+
+
 class McpServerTable(_Table):
     """One MCP server, as langchain-mcp-adapters connects to it (`stdio` or a URL)."""
 
@@ -230,6 +243,8 @@ class ConfigFile(_Table):
     budgets: BudgetsTable = Field(default_factory=BudgetsTable)
     loop: LoopTable = Field(default_factory=LoopTable)
     policy: PolicyTable = Field(default_factory=PolicyTable)
+    context: ContextTable = Field(default_factory=ContextTable)
+    memory: MemoryTable = Field(default_factory=MemoryTable)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     tools: list[ToolEntry] = Field(default_factory=list)
     policy_file: Path | None = None
@@ -280,6 +295,13 @@ class ConfigFile(_Table):
             "system_prompt": self.system_prompt,
             "max_task_chars": self.max_task_chars,
             "redact": tuple(self.redact) if self.redact is not None else None,
+            "context_budget_tokens": self.context.budget_tokens,
+            "context_reserve_tokens": self.context.reserve_tokens,
+            "summary_threshold": self.context.summary_threshold,
+            "summary_model": self.context.summary_model,
+            "truncate_tool_tokens": self.context.truncate_tool_tokens,
+            "memory_embeddings": self.memory.embeddings,
+            "memory_embedding_dims": self.memory.embedding_dims,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

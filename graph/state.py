@@ -70,6 +70,12 @@ class Usage(TypedDict):
     """Time spent executing tools."""
     by_model: NotRequired[dict[str, dict[str, float]]]
     """Per model name: `calls`, `input_tokens`, `output_tokens`, `cost_usd`."""
+    last_prompt_tokens: int
+    """Size of the latest prompt Warden assembled (counted before the call)."""
+    peak_prompt_tokens: int
+    """Largest prompt Warden assembled in this run."""
+    summary_calls: int
+    """Calls to the summary model (their tokens and cost are in the totals above)."""
 
 
 def empty_usage() -> Usage:
@@ -89,6 +95,9 @@ def empty_usage() -> Usage:
         model_seconds=0.0,
         tool_seconds=0.0,
         by_model={},
+        last_prompt_tokens=0,
+        peak_prompt_tokens=0,
+        summary_calls=0,
     )
 
 
@@ -107,8 +116,10 @@ def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
     """Add a partial usage delta to the counters, returning a new dict."""
     base: dict[str, Any] = dict(current or empty_usage())
     for key, value in delta.items():
-        if key == "last_input_tokens":
+        if key in ("last_input_tokens", "last_prompt_tokens"):
             base[key] = value
+        elif key == "peak_prompt_tokens":
+            base[key] = max(base.get(key, 0), value)
         elif isinstance(value, Mapping):
             base[key] = _summed(base.get(key) or {}, value)
         else:
@@ -225,6 +236,9 @@ class State(TypedDict):
     """Injection and policy flags recorded during runs (what, where, why)."""
     in_doubt: Annotated[list[InDoubtRecord], operator.add]
     """Tool calls found in doubt after a crash, each awaiting a human decision."""
+    summaries: Annotated[list[dict[str, Any]], operator.add]
+    """Summaries of older work shown to the model in place of it: `text`, `covers` (ids of
+    the first and last message summarised), `steps`, `tokens`, the summary model's usage."""
 
 
 class InputState(TypedDict):

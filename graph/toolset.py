@@ -14,6 +14,7 @@ from tools.email import smtp_email_tool
 from tools.files import file_tools
 from tools.http import http_fetch_tool
 from tools.loader import load_tools
+from tools.memory import memory_tools
 from tools.registry import ToolSpec
 from tools.sql import sql_query_tool
 
@@ -36,7 +37,7 @@ def build_toolset(workspace: Path, data_dir: Path, config: ConfigFile) -> list[T
     files = file_tools(workspace)
     if not config.workspace_writable:
         files = [spec for spec in files if spec.tier == "read"]
-    specs: list[ToolSpec] = [*files, calculator_tool()]
+    specs: list[ToolSpec] = [*files, calculator_tool(), *memory_tools()]
     http = config.http
     specs.append(
         http_fetch_tool(

@@ -14,6 +14,7 @@ from graph.routing import pending_tool_calls, soft_warnings, undecided_doubts
 from graph.state import LoopState, State
 from nodes.accounting import NodeClock
 from nodes.plan import WARDEN_NAME
+from tools.memory import memory_write_flags
 
 
 def latest_batch(state: State) -> tuple[AIMessage | None, list[ToolMessage]]:
@@ -111,6 +112,7 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                     )
                 ]
     flags = screen_results(results, state.get("data_nonce"), ctx)
+    flags += memory_write_flags(turn, results, ctx.redact)
     if flags:
         # Once a run has seen instruction-like data it stays tainted (plan clears it
         # at the next run): routing then sends every side-effecting call to a human.

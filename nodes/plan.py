@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 import uuid
@@ -16,23 +15,21 @@ from langchain_core.messages import (
     AnyMessage,
     BaseMessage,
     HumanMessage,
-    SystemMessage,
     ToolMessage,
 )
 from langchain_core.runnables import Runnable
-from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from graph.context import Context, context_to_json, run_context, with_policy
 from graph.errors import ConfigError, ScriptExhaustedError
-from graph.injection import data_contract, fence, flag_record, sanitize_task
+from graph.injection import flag_record, sanitize_task
 from graph.pricing import cost_usd, lookup_price
 from graph.ratelimit import RateLimitExceedsBudget, limiter_for
 from graph.routing import soft_warnings
-from graph.state import State, StopSignal, Usage, empty_loop_state, empty_usage
+from graph.state import State, StopSignal, Usage, add_usage, empty_loop_state, empty_usage
 from nodes.accounting import NodeClock
+from nodes.context_window import ContextOverflowError, build_prompt, render_tool_message
 from nodes.spending import Refusal, hold_spend, metered
 from tools.registry import ToolRegistry
 
@@ -55,41 +52,20 @@ def latest_instruction(messages: Sequence[AnyMessage]) -> str | None:
 
 
 def render_for_model(messages: Sequence[AnyMessage], nonce: str) -> list[BaseMessage]:
-    """Fence tool results as untrusted data, with provenance and the run's nonce.
+    """Render the whole history for the model: tool results fenced with provenance.
 
     Each tool result goes between `<<warden-data nonce=...>>` delimiters (see
-    `graph.injection.fence`); fence markers and the nonce inside the data are
-    neutralised, so data cannot close its fence or forge one. Two kinds of tool
-    message carry no outside data and are shown as what they are instead: a human
-    reviewer's answer given in place of running the tool, and Warden's own refusals.
-    The rest of the conversation is left as is.
+    `nodes.context_window.render_tool_message`). `plan` itself assembles a budgeted
+    prompt with `nodes.context_window.build_prompt`; this renders everything, in full.
     """
     step = 0
     rendered: list[BaseMessage] = []
     for message in messages:
         if isinstance(message, AIMessage):
             step += 1
-        if not isinstance(message, ToolMessage):
-            rendered.append(message)
-            continue
-        meta = message.response_metadata.get("warden") or {}
-        if meta.get("responded_by"):
-            content = (
-                f"[answer from human reviewer {meta['responded_by']}, given instead of running "
-                f"{message.name}]\n{message.text}"
-            )
-        elif meta.get("refused"):
-            content = f"[warden: call not executed ({meta['refused']})]\n{message.text}"
-        else:
-            content = fence(
-                message.text,
-                nonce,
-                tool=message.name,
-                call_id=message.tool_call_id,
-                step=step,
-                status="error" if message.status == "error" else None,
-            )
-        rendered.append(message.model_copy(update={"content": content}))
+        rendered.append(
+            render_tool_message(message, nonce, step) if isinstance(message, ToolMessage) else message
+        )
     return rendered
 
 
@@ -126,11 +102,6 @@ def screen_task(
 def estimate_tokens(messages: Sequence[BaseMessage]) -> int:
     """Estimate prompt tokens when a provider reports none (about 4 characters a token)."""
     return sum(len(m.text) + 16 for m in messages) // 4 + 1
-
-
-def schema_tokens(offered: Sequence[BaseTool]) -> int:
-    """Estimate the tokens the tool schemas add to a prompt (about 4 characters a token)."""
-    return len(json.dumps([convert_to_openai_tool(t) for t in offered])) // 4
 
 
 def make_plan_node(
@@ -227,9 +198,25 @@ def make_plan_node(
         nonce = update.get("data_nonce") or state.get("data_nonce")
         if not nonce:  # a run started before data fences existed
             nonce = update["data_nonce"] = secrets.token_hex(8)
-        prompt = [
-            SystemMessage(content=f"{ctx.system_prompt}\n\n{data_contract(nonce)}"),
-            *render_for_model(history, nonce),
+        try:
+            window = await build_prompt(
+                ctx=ctx,
+                model=chat,
+                nonce=nonce,
+                offered=offered,
+                history=history,
+                summaries=state.get("summaries") or [],
+                resolve_summary_model=lambda spec: model_factory(spec, retries=ctx.model_retries),
+                time_left=ctx.max_seconds - usage["active_seconds"] - (time.perf_counter() - clock.started),
+            )
+        except ContextOverflowError as exc:
+            return stopped("error", f"context: {exc}")
+        prompt = window.messages
+        usage = add_usage(usage, window.usage)
+        if window.summary is not None:
+            update["summaries"] = [window.summary]
+        context_warnings = [
+            w for w in [window.warning] if w and not any(s.startswith(w[:24]) for s in warnings_seen)
         ]
         turn = sum(isinstance(m, AIMessage) for m in history)
         remaining = (
@@ -245,7 +232,7 @@ def make_plan_node(
         if limiter is not None:
             # Waiting for the limiter is wall-clock time the run is active: it counts
             # against max_seconds, and a wait that would pass the budget ends the run now.
-            estimated = estimate_tokens(prompt) + schema_tokens(offered)
+            estimated = window.tokens
             try:
                 waited = await limiter.acquire(estimated, max_wait=remaining)
             except RateLimitExceedsBudget as exc:
@@ -256,9 +243,9 @@ def make_plan_node(
                 )
             remaining -= waited
         # Global per-tenant caps: hold the estimated cost first, settle the actual below.
+        # The estimate starts from the assembled prompt's counted size (tool schemas included).
         hold = await hold_spend(
-            ctx, usage, lambda: estimate_tokens(prompt) + schema_tokens(offered),
-            getattr(chat, "model_name", None),
+            ctx, usage, lambda: window.tokens, getattr(chat, "model_name", None)
         )
         if isinstance(hold, Refusal):
             return stopped("global_budget", hold.detail)
@@ -278,7 +265,7 @@ def make_plan_node(
             return stopped("error", f"model returned {type(response).__name__}, not a message")
         model_seconds = time.perf_counter() - called
         meta = response.usage_metadata
-        input_tokens = meta["input_tokens"] if meta else estimate_tokens(prompt)
+        input_tokens = meta["input_tokens"] if meta else window.tokens
         output_tokens = meta["output_tokens"] if meta else estimate_tokens([response])
         if limiter is not None:
             limiter.settle(estimated, input_tokens + output_tokens)
@@ -290,6 +277,11 @@ def make_plan_node(
                     }
                 }
             )
+        # The prompt's size is kept with the turn it produced: a per-step record for audits.
+        warden_meta = {**(response.response_metadata.get("warden") or {}), "prompt_tokens": window.tokens}
+        response = response.model_copy(
+            update={"response_metadata": {**response.response_metadata, "warden": warden_meta}}
+        )
         model_name = str(
             response.response_metadata.get("model_name") or ctx.model or "unknown"
         )
@@ -311,10 +303,12 @@ def make_plan_node(
                     "cost_usd": cost,
                 }
             },
+            last_prompt_tokens=window.tokens,
+            peak_prompt_tokens=window.tokens,
         )
         if hold is not None:
             await hold.settle(new_usage["cost_usd"] - usage["cost_usd"])
-        warnings = soft_warnings(new_usage, ctx, warnings_seen)
+        warnings = [*context_warnings, *soft_warnings(new_usage, ctx, warnings_seen)]
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")
         result = update | {

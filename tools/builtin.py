@@ -17,6 +17,7 @@ from langchain_core.tools import StructuredTool
 from tools.email import SendEmailArgs, message_id_for  # one schema for both backends
 from tools.files import file_tools
 from tools.idempotency import current_idempotency_key
+from tools.memory import memory_tools
 from tools.registry import Reconciled, ToolSpec
 
 
@@ -81,5 +82,5 @@ def outbox_email_tool(outbox: Path) -> ToolSpec:
 
 
 def default_tools(workspace: Path, outbox: Path) -> list[ToolSpec]:
-    """Return the tools the CLI and the demo offer: workspace reads and the email outbox."""
-    return [*workspace_tools(workspace), outbox_email_tool(outbox)]
+    """Return the tools the CLI and the demo offer: workspace reads, the email outbox, memory."""
+    return [*workspace_tools(workspace), outbox_email_tool(outbox), *memory_tools()]

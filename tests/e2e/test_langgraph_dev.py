@@ -235,3 +235,27 @@ async def test_approval_round_trip_and_context_budgets(
     assert samples[("warden_approvals_decided_total", (("decision", "approve"),))] == 1
     assert samples[("warden_tool_calls_total", (("status", "success"), ("tool", "send_email")))] == 1
     assert samples[("warden_step_seconds_count", (("node", "halt"),))] == 2
+
+    # Long-term memory through the server: the tools reach the store via the run's pool.
+    remember = write_script(
+        [turn("saving", call("remember", text="Ops rota: Dana this week.")), turn("saved")],
+        name=f"remember-{uuid.uuid4().hex[:6]}.json",
+    )
+    recall = write_script(
+        [turn("looking", call("recall", query="who is on the ops rota")), turn("found")],
+        name=f"recall-{uuid.uuid4().hex[:6]}.json",
+    )
+
+    async def run_memory(script: Path, tenant: str) -> str:
+        thread_id = (await client.threads.create())["thread_id"]
+        done = await client.runs.wait(
+            thread_id, "warden", input={"task": "memory"},
+            context={"model": f"scripted:{script}", "tenant": tenant},
+        )
+        assert done["halt_reason"] == "completed", done["halt_detail"]
+        [result] = [m for m in done["messages"] if m["type"] == "tool"]
+        return str(result["content"])
+
+    assert "remembered" in await run_memory(remember, "e2e-acme")
+    assert "Dana this week" in await run_memory(recall, "e2e-acme")
+    assert await run_memory(recall, "e2e-globex") == "no memories match"

@@ -401,7 +401,7 @@ async def test_unknown_tool_is_refused_and_the_run_continues(
     assert refused.text == (
         "refused by policy (unknown tool 'delete_everything'): this call to "
         "'delete_everything' is not allowed here. "
-        "Allowed tools: list_files, read_file, send_email."
+        "Allowed tools: list_files, read_file, recall, remember, send_email."
     )
     assert refused.response_metadata["warden"]["refused"] == "policy"
     assert read.text == "- ship warden\n"

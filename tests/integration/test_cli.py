@@ -49,6 +49,9 @@ USAGE_KEYS = {
     "output_tokens",
     "cost_usd",
     "active_seconds",
+    "last_prompt_tokens",
+    "peak_prompt_tokens",
+    "summary_calls",
 }
 BUDGET_KEYS = {"max_steps", "max_tool_calls", "max_tokens", "max_cost", "max_seconds"}
 
@@ -269,6 +272,8 @@ def test_run_json_contract_completed(cli: Cli, write_script, workspace: Path) ->
     assert usage["cost_usd"] == pytest.approx(price(820, 65))
     assert usage["steps"] >= 3 + 2 * 2 + 1  # 3 plans, 2 act/observe pairs, halt
     assert 0 < usage["active_seconds"] < 60
+    assert 0 < usage["last_prompt_tokens"] <= usage["peak_prompt_tokens"]
+    assert usage["summary_calls"] == 0
     budgets = data["budgets"]
     assert BUDGET_KEYS <= set(budgets)
     assert budgets["max_steps"] == 7

@@ -72,3 +72,13 @@ def test_tools_and_policy_config_example_is_valid(tmp_path: Path) -> None:
     assert [e.path for e in parsed.tool_entries] == ["mypkg.tools:lookup_order"]
     assert parsed.email is not None and parsed.email.password_env == "SMTP_PASSWORD"
     assert parsed.sql is not None and parsed.http.allow_hosts == ["docs.example.com"]
+
+
+def test_context_and_memory_config_examples_load(tmp_path: Path) -> None:
+    from graph.context import Context
+
+    path = tmp_path / "warden.toml"
+    path.write_text(block("toml", "### What the model sees") + block("toml", "### Long-term memory"))
+    ctx = Context(**load_config_file(path).context_fields())
+    assert (ctx.context_budget_tokens, ctx.summary_model) == (32000, "openai:gpt-4o-mini")
+    assert ctx.memory_embeddings == "openai:text-embedding-3-small"
