@@ -29,6 +29,8 @@ WARDEN_MIGRATIONS: list[str] = [
     )
     """,
     "ALTER TABLE warden_threads ADD COLUMN IF NOT EXISTS config_path text",
+    # WardenSaver.adelete_for_runs finds a run's checkpoints by metadata run_id.
+    "CREATE INDEX IF NOT EXISTS checkpoints_run_id_idx ON checkpoints ((metadata ->> 'run_id'))",
 ]
 
 
