@@ -52,7 +52,34 @@ def latest_instruction(messages: Sequence[AnyMessage]) -> str | None:
     return None
 
 
-def render_for_model(messages: Sequence[AnyMessage], nonce: str) -> list[BaseMessage]:
+class RenderCache:
+    """Rendered tool messages, by the identity of the stored message, nonce and step.
+
+    `plan` renders the whole history at every step; a stored message keeps its identity
+    for the life of a run in this process, and its rendering never changes, so each is
+    rendered once instead of at every later step (which made long runs quadratic).
+    Bounded: when full it starts over, so finished runs' messages are not kept.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._items: dict[tuple[int, str, int], tuple[BaseMessage, BaseMessage]] = {}
+
+    def get(self, message: BaseMessage, nonce: str, step: int) -> BaseMessage | None:
+        """Return the cached rendering of this very message object, if any."""
+        hit = self._items.get((id(message), nonce, step))
+        return hit[1] if hit is not None and hit[0] is message else None
+
+    def put(self, message: BaseMessage, nonce: str, step: int, rendered: BaseMessage) -> None:
+        """Remember a rendering (the message itself is kept so its id stays its own)."""
+        if len(self._items) >= self.size:
+            self._items.clear()
+        self._items[(id(message), nonce, step)] = (message, rendered)
+
+
+def render_for_model(
+    messages: Sequence[AnyMessage], nonce: str, cache: RenderCache | None = None
+) -> list[BaseMessage]:
     """Fence tool results as untrusted data, with provenance and the run's nonce.
 
     Each tool result goes between `<<warden-data nonce=...>>` delimiters (see
@@ -69,6 +96,9 @@ def render_for_model(messages: Sequence[AnyMessage], nonce: str) -> list[BaseMes
             step += 1
         if not isinstance(message, ToolMessage):
             rendered.append(message)
+            continue
+        if cache is not None and (hit := cache.get(message, nonce, step)) is not None:
+            rendered.append(hit)
             continue
         meta = message.response_metadata.get("warden") or {}
         if meta.get("responded_by"):
@@ -87,7 +117,10 @@ def render_for_model(messages: Sequence[AnyMessage], nonce: str) -> list[BaseMes
                 step=step,
                 status="error" if message.status == "error" else None,
             )
-        rendered.append(message.model_copy(update={"content": content}))
+        copy = message.model_copy(update={"content": content})
+        if cache is not None:
+            cache.put(message, nonce, step, copy)
+        rendered.append(copy)
     return rendered
 
 
@@ -142,6 +175,8 @@ def make_plan_node(
 
     `locked_policy` holds policy fields the operator pinned; they replace the run's own.
     """
+
+    renders = RenderCache()
 
     def resolve(ctx: Context) -> BaseChatModel:
         if ctx.model is not None:
@@ -226,7 +261,7 @@ def make_plan_node(
             nonce = update["data_nonce"] = secrets.token_hex(8)
         prompt = [
             SystemMessage(content=f"{ctx.system_prompt}\n\n{data_contract(nonce)}"),
-            *render_for_model(history, nonce),
+            *render_for_model(history, nonce, renders),
         ]
         turn = sum(isinstance(m, AIMessage) for m in history)
         remaining = (
