@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.types.json import Jsonb
 
 from checkpoints.warden_saver import WardenSaver
@@ -149,3 +150,29 @@ async def test_delete_for_runs_drops_orphaned_blobs_only(
     state = await app.aget_state(config(thread))
     assert state.values["halt_reason"] == "completed"
     assert [m.content for m in state.values["messages"]][-1] == "done"
+
+
+async def test_continues_a_thread_the_stock_saver_wrote(
+    saver: WardenSaver, workspace: Path, outbox: Path
+) -> None:
+    """Stock 32-digit versions and Warden's compact ones compare in the right order."""
+    model = ScriptedChatModel.from_turns(
+        [turn("reading", call("read_file", path="notes.txt")), turn("first done"), turn("second done")]
+    )
+    tools = default_tools(workspace, outbox)
+    thread = str(uuid.uuid4())
+    stock = compile_graph(build_graph(model=model, tools=tools), AsyncPostgresSaver(saver.conn))
+    first = await stock.ainvoke({"task": "one"}, config(thread), context=Context(), durability="sync")
+    assert first["final_answer"] == "first done"
+
+    warden = compile_graph(build_graph(model=model, tools=tools), saver)
+    second = await warden.ainvoke({"task": "two"}, config(thread), context=Context(), durability="sync")
+    assert second["halt_reason"] == "completed" and second["final_answer"] == "second done"
+    assert [m.content for m in second["messages"]] == [
+        "one", "reading", "alpha\nbeta\n", "first done", "two", "second done"
+    ]
+    latest = await saver.aget_tuple(config(thread))
+    assert latest is not None
+    versions = latest.checkpoint["channel_versions"]
+    assert len(versions["messages"]) == 19  # compact: 10 digits, a dot, 8 hex
+    assert any(len(v) > 19 for v in versions.values())  # untouched channels keep stock ones
