@@ -92,6 +92,12 @@ class WardenSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver without the instance lock over a pool, with atomic pipelined
     writes, compact versions, `acopy_thread` and `adelete_for_runs`."""
 
+    checkout_timeout: float = 120.0
+    """Seconds a query waits for a pool connection. Hundreds of runs on one small pool
+    queue for connections, as they queued for the stock saver's lock (which has no
+    limit); the pool's own 10 s connect timeout would fail busy runs, while a database
+    that is down still fails them, later."""
+
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Return `NNNNNNNNNN.xxxxxxxx`: the counter, zero-padded, and a random tag.
 
@@ -117,7 +123,7 @@ class WardenSaver(AsyncPostgresSaver):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        async with self.conn.connection() as conn:
+        async with self.conn.connection(timeout=self.checkout_timeout) as conn:
             if pipeline:
                 # A libpq without pipeline mode (< 14) gets an explicit transaction.
                 batch = conn.pipeline() if self.supports_pipeline else conn.transaction()
