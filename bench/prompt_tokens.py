@@ -18,6 +18,7 @@ from typing import Any
 
 from langchain_core.messages import BaseMessage
 
+from bench.harness import Env, Line
 from bench.workload import Runner, make_model, make_tool, stock_app, warden_app, warden_context
 from nodes.context_window import tool_schemas
 from nodes.tokens import TokenCounter
@@ -78,6 +79,22 @@ def report_prompt_tokens(res: dict[str, Any]) -> list[str]:
             f"   warden at {TIGHT_BUDGET} budget {tight:6d} ({tight / stock:5.2f}x)"
         )
     return lines
+
+
+async def prompt_tokens_line(env: Env) -> Line:
+    """Prompt tokens per step, Warden vs stock create_agent, for `make bench` (issue #7)."""
+    del env  # in-memory runs: the prompts, not the database, are measured
+    res = await bench_prompt_tokens()
+    ratios = [res["warden"][n] / res["stock"][n] for n in res["steps"]]
+    return Line(
+        title="prompt tokens per step after N tool calls of 3 KB (warden / stock create_agent)",
+        figure=" ".join(f"step {n}: {r:.2f}x" for n, r in zip(res["steps"], ratios, strict=True)),
+        goal="stays under the context budget; stock grows without bound",
+        stock=" ".join(f"step {n}: {res['stock'][n]}" for n in res["steps"]),
+        met=None,
+        details=report_prompt_tokens(res)[1:],
+        data=res,
+    )
 
 
 def main() -> None:

@@ -155,6 +155,8 @@ WARDEN_MIGRATIONS: list[str] = [
         USING gin (to_tsvector('simple', value->>'text'))
         WHERE prefix LIKE 'warden_memory.%'
     """,
+    # WardenSaver.adelete_for_runs finds a run's checkpoints by metadata run_id.
+    "CREATE INDEX IF NOT EXISTS checkpoints_run_id_idx ON checkpoints ((metadata ->> 'run_id'))",
 ]
 
 

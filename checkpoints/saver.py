@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from checkpoints.embedded import embedded_url
 from checkpoints.migrations import ensure_migrated, migrate
 from checkpoints.pool import open_pool
+from checkpoints.warden_saver import WardenSaver
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -38,11 +39,11 @@ async def open_saver(
     auto_migrate: bool,
     prepare_threshold: int | None = 5,
     max_size: int = 10,
-) -> AsyncIterator[AsyncPostgresSaver]:
-    """Yield an AsyncPostgresSaver over a pool; migrate first or check it was migrated."""
+) -> AsyncIterator[WardenSaver]:
+    """Yield a WardenSaver over a pool; migrate first or check it was migrated."""
     async with open_pool(url, prepare_threshold=prepare_threshold, max_size=max_size) as pool:
         if auto_migrate:
             await migrate(pool)
         else:
             await ensure_migrated(pool)
-        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        yield WardenSaver(pool)  # type: ignore[arg-type]

@@ -116,6 +116,7 @@ def make_plan_node(
     `locked_policy` holds policy fields the operator pinned; they replace the run's own.
     """
 
+
     def resolve(ctx: Context) -> BaseChatModel:
         if ctx.model is not None:
             return model_factory(ctx.model, retries=ctx.model_retries)

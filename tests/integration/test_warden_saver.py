@@ -1,0 +1,178 @@
+"""WardenSaver beyond the conformance suite: concurrency, atomic writes, and its extra
+capabilities on real Warden threads (DeltaChannel messages)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.types.json import Jsonb
+
+from checkpoints.warden_saver import WardenSaver
+from graph.builder import build_graph, compile_graph
+from graph.context import Context
+from graph.errors import BadInput
+from graph.scripted import ScriptedChatModel
+from tests.conftest import call, turn
+from tools.builtin import default_tools
+
+pytestmark = pytest.mark.postgres
+
+
+def config(thread_id: str, run_id: str | None = None) -> dict[str, Any]:
+    """A thread's config; `run_id` goes in the metadata, as LangGraph's server sets it."""
+    out: dict[str, Any] = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+    if run_id:
+        out["metadata"] = {"run_id": run_id}
+    return out
+
+
+async def run_thread(saver: WardenSaver, workspace: Path, outbox: Path, reads: int) -> Any:
+    """Run a Warden thread that reads a file `reads` (at most 4) times, then answers."""
+    turns = [turn(f"read {i}", call("read_file", path="notes.txt")) for i in range(reads)]
+    model = ScriptedChatModel.from_turns([*turns, turn("done")])
+    app = compile_graph(build_graph(model=model, tools=default_tools(workspace, outbox)), saver)
+    thread = str(uuid.uuid4())
+    run = config(thread, run_id=str(uuid.uuid4()))
+    # The same read on purpose: loop detection is set to tolerate it.
+    ctx = Context(loop_repeat_threshold=5, loop_observation_repeats=5, loop_window=10)
+    result = await app.ainvoke({"task": "read it"}, run, context=ctx, durability="sync")
+    assert result["halt_reason"] == "completed"
+    return app, thread
+
+
+async def thread_rows(url: str, thread_id: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        counts = {}
+        for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+            cur = await conn.execute(
+                f"SELECT count(*) FROM {table} WHERE thread_id = %s", (thread_id,)
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            counts[table] = int(row[0])
+        return counts
+
+
+async def test_queries_do_not_wait_for_each_other(saver: WardenSaver, database_url: str) -> None:
+    """A put blocked in Postgres does not hold up other queries (no instance lock)."""
+    thread = str(uuid.uuid4())
+    cp = empty_checkpoint()
+    async with await psycopg.AsyncConnection.connect(database_url) as blocker:
+        # An uncommitted row with the same key makes the saver's upsert wait on it.
+        await blocker.execute(
+            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, checkpoint) "
+            "VALUES (%s, '', %s, %s)",
+            (thread, cp["id"], Jsonb({})),
+        )
+        blocked = asyncio.create_task(saver.aput(config(thread), cp, {"source": "input"}, {}))
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        # With the stock saver's lock this would wait for the blocked put: fail, not hang.
+        other = await asyncio.wait_for(saver.aget_tuple(config(str(uuid.uuid4()))), timeout=30)
+        assert other is None
+        assert not blocked.done()
+        await blocker.commit()
+    stored = await asyncio.wait_for(blocked, timeout=30)
+    assert stored["configurable"]["checkpoint_id"] == cp["id"]
+
+
+async def test_put_is_one_transaction(saver: WardenSaver, database_url: str) -> None:
+    """When the checkpoint row fails, its blobs (written first) are not left behind."""
+    thread = f"poison-{uuid.uuid4()}"
+    cp = empty_checkpoint()
+    cp["channel_values"] = {"items": ["a", "b"]}
+    cp["channel_versions"] = {"items": "1"}
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        # A constraint that refuses this one thread's checkpoint row, not its blobs.
+        await conn.execute(
+            f"ALTER TABLE checkpoints ADD CONSTRAINT refuse_poison CHECK (thread_id <> '{thread}')"
+        )
+        try:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                await saver.aput(config(thread), cp, {"source": "input"}, {"items": "1"})
+        finally:
+            await conn.execute("ALTER TABLE checkpoints DROP CONSTRAINT refuse_poison")
+    assert await thread_rows(database_url, thread) == {
+        "checkpoints": 0,
+        "checkpoint_blobs": 0,
+        "checkpoint_writes": 0,
+    }
+
+
+async def test_copy_thread_keeps_delta_history(
+    saver: WardenSaver, database_url: str, workspace: Path, outbox: Path
+) -> None:
+    app, source = await run_thread(saver, workspace, outbox, reads=3)
+    target = str(uuid.uuid4())
+    await saver.acopy_thread(source, target)
+
+    src_state = await app.aget_state(config(source))
+    dst_state = await app.aget_state(config(target))
+    assert len(src_state.values["messages"]) == 8  # task, 3 x (call, result), answer
+    assert [m.content for m in dst_state.values["messages"]] == [
+        m.content for m in src_state.values["messages"]
+    ]
+    assert dst_state.values["usage"] == src_state.values["usage"]
+    assert await thread_rows(database_url, target) == await thread_rows(database_url, source)
+
+    with pytest.raises(BadInput, match="already exists"):
+        await saver.acopy_thread(source, target)
+
+
+async def test_delete_for_runs_drops_orphaned_blobs_only(
+    saver: WardenSaver, database_url: str, workspace: Path, outbox: Path
+) -> None:
+    app, thread = await run_thread(saver, workspace, outbox, reads=1)
+    before = await thread_rows(database_url, thread)
+    first_run = {t.metadata.get("run_id") async for t in saver.alist(config(thread))}
+    assert len(first_run) == 1 and None not in first_run
+
+    # A second run on the same thread; then delete it, as a server rollback would.
+    model = ScriptedChatModel.from_turns([turn("again")])
+    app2 = compile_graph(build_graph(model=model, tools=[]), saver)
+    second_run = str(uuid.uuid4())
+    await app2.ainvoke(
+        {"task": "again"}, config(thread, second_run), context=Context(), durability="sync"
+    )
+    run_ids = {t.metadata.get("run_id") async for t in saver.alist(config(thread))}
+    assert run_ids == first_run | {second_run}
+    assert (await thread_rows(database_url, thread))["checkpoint_blobs"] > before["checkpoint_blobs"]
+
+    await saver.adelete_for_runs([second_run])
+    assert await thread_rows(database_url, thread) == before
+    state = await app.aget_state(config(thread))
+    assert state.values["halt_reason"] == "completed"
+    assert [m.content for m in state.values["messages"]][-1] == "done"
+
+
+async def test_continues_a_thread_the_stock_saver_wrote(
+    saver: WardenSaver, workspace: Path, outbox: Path
+) -> None:
+    """Stock 32-digit versions and Warden's compact ones compare in the right order."""
+    model = ScriptedChatModel.from_turns(
+        [turn("reading", call("read_file", path="notes.txt")), turn("first done"), turn("second done")]
+    )
+    tools = default_tools(workspace, outbox)
+    thread = str(uuid.uuid4())
+    stock = compile_graph(build_graph(model=model, tools=tools), AsyncPostgresSaver(saver.conn))
+    first = await stock.ainvoke({"task": "one"}, config(thread), context=Context(), durability="sync")
+    assert first["final_answer"] == "first done"
+
+    warden = compile_graph(build_graph(model=model, tools=tools), saver)
+    second = await warden.ainvoke({"task": "two"}, config(thread), context=Context(), durability="sync")
+    assert second["halt_reason"] == "completed" and second["final_answer"] == "second done"
+    assert [m.content for m in second["messages"]] == [
+        "one", "reading", "alpha\nbeta\n", "first done", "two", "second done"
+    ]
+    latest = await saver.aget_tuple(config(thread))
+    assert latest is not None
+    versions = latest.checkpoint["channel_versions"]
+    assert len(versions["messages"]) == 19  # compact: 10 digits, a dot, 8 hex
+    assert any(len(v) > 19 for v in versions.values())  # untouched channels keep stock ones
