@@ -1,8 +1,10 @@
 """The idempotency ledger: at most one execution of each side-effecting tool call.
 
-One row per tool call, keyed `thread_id:tool_call_id` (both survive a crash and a
-resume; LangGraph's task ids do not, and concurrent resumes fork a thread with new
-ones). `act` claims the row before the tool runs and records the outcome after, in
+One row per tool call, keyed `thread_id:turn_id:tool_call_id`, where the turn id is
+the id of the model message that made the call. All three survive a crash and a
+resume (LangGraph's task ids do not, and concurrent resumes fork a thread with new
+ones); the turn id keeps keys apart when a later run on the same thread gets tool
+call ids it has seen before (scripted and some local models number them per run). `act` claims the row before the tool runs and records the outcome after, in
 the same database as the checkpoints:
 
 - claim won: run the tool;
@@ -48,9 +50,9 @@ class LedgerEntry:
     finished_at: datetime | None
 
 
-def ledger_key(thread_id: str, tool_call_id: str) -> str:
-    """Return the idempotency key of one tool call in one thread."""
-    return f"{thread_id}:{tool_call_id}"
+def ledger_key(thread_id: str, turn_id: str, tool_call_id: str) -> str:
+    """Return the idempotency key of one tool call of one model turn in one thread."""
+    return f"{thread_id}:{turn_id}:{tool_call_id}"
 
 
 def _entry(row: DictRow) -> LedgerEntry:
@@ -58,10 +60,10 @@ def _entry(row: DictRow) -> LedgerEntry:
 
 
 async def claim(
-    pool: Pool, *, thread_id: str, tool_call_id: str, tool: str, args_hash: str
+    pool: Pool, *, thread_id: str, turn_id: str, tool_call_id: str, tool: str, args_hash: str
 ) -> tuple[bool, LedgerEntry]:
     """Claim a call before running it: (True, new entry), or (False, the existing entry)."""
-    key = ledger_key(thread_id, tool_call_id)
+    key = ledger_key(thread_id, turn_id, tool_call_id)
     async with pool.connection() as conn:
         row = await (
             await conn.execute(
@@ -81,7 +83,8 @@ async def claim(
         ).fetchone()
     if existing is None:  # deleted between the two statements (prune): claim again
         return await claim(
-            pool, thread_id=thread_id, tool_call_id=tool_call_id, tool=tool, args_hash=args_hash
+            pool, thread_id=thread_id, turn_id=turn_id, tool_call_id=tool_call_id, tool=tool,
+            args_hash=args_hash,
         )
     return False, _entry(existing)
 

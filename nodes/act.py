@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from langchain_core.messages import ToolCall, ToolMessage
+from langchain_core.messages import AIMessage, ToolCall, ToolMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
@@ -162,6 +162,7 @@ def make_act_node(
         pool = current_pool()
         thread_id = get_config()["configurable"].get("thread_id") if pool else None
         tool_seconds = 0.0
+        turn = next(m for m in reversed(state["messages"]) if isinstance(m, AIMessage))
         for call in batch:
             decision, why = call_decision(call, ctx, tiers, tainted=bool(state.get("tainted")))
             if decision == "deny":
@@ -203,6 +204,7 @@ def make_act_node(
                 outcome = await run_once(
                     pool,
                     thread_id=thread_id,
+                    turn_id=str(turn.id),
                     spec=spec,
                     call=call,
                     args=args,

@@ -91,6 +91,7 @@ async def run_once(
     pool: Pool | None,
     *,
     thread_id: str | None,
+    turn_id: str,
     spec: ToolSpec,
     call: ToolCall,
     args: dict[str, Any],
@@ -104,9 +105,8 @@ async def run_once(
     if pool is None or thread_id is None:
         return await run()
     digest = args_hash(args)
-    won, entry = await claim(
-        pool, thread_id=thread_id, tool_call_id=str(call["id"]), tool=spec.name, args_hash=digest
-    )
+    ids = {"thread_id": thread_id, "turn_id": turn_id, "tool_call_id": str(call["id"])}
+    won, entry = await claim(pool, **ids, tool=spec.name, args_hash=digest)
     if entry.args_hash != digest:
         return tool_message(
             call,
@@ -139,9 +139,7 @@ async def run_once(
         if taken is not None:
             return await _attempt(pool, taken, run)
     # Lost a race to another process, or nothing says running it again is safe.
-    _, latest = await claim(
-        pool, thread_id=thread_id, tool_call_id=str(call["id"]), tool=spec.name, args_hash=digest
-    )
+    _, latest = await claim(pool, **ids, tool=spec.name, args_hash=digest)
     if latest.status != "started":
         return replay(call, latest)
     return in_doubt_record(latest, call)

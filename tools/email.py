@@ -15,7 +15,7 @@ the tool can pass it either directly, `await spec.tool.coroutine(**args,
 idempotency_key=key)`, or through the runnable config, `await spec.tool.ainvoke(args,
 config={"metadata": {"idempotency_key": key}})`. With a key, the Message-ID is derived
 from it, so a repeated delivery of the same call carries the same Message-ID and
-receivers can drop the duplicate; a good key is `f"{thread_id}:{tool_call_id}"`.
+receivers can drop the duplicate; `act` passes the ledger's key (`checkpoints.ledger`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The idempotency key of the tool call being run, for tools that can pass it on.
 
-`act` runs every call under a stable key, `f"{thread_id}:{tool_call_id}"`: both
-survive a crash and a resume, unlike LangGraph's task ids. A tool that talks to a
+`act` runs every call under a stable key, `thread_id:turn_id:tool_call_id` (see
+`checkpoints.ledger`): it survives a crash and a resume, unlike LangGraph's task ids. A tool that talks to a
 system able to drop duplicates reads it here and forwards it (SMTP `Message-ID`, an
 HTTP `Idempotency-Key` header, a unique column on a SQL write), so even a call that
 Warden must repeat takes effect once. A ContextVar rather than an argument: the

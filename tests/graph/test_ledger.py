@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.errors import is_invalid_resume
 from langgraph.types import Command
 from pydantic import ValidationError
@@ -103,10 +103,24 @@ class Thread:
             "recursion_limit": self.ctx.recursion_limit(),
         }
 
-    async def invoke(self, payload: Any, app: Any = None) -> dict[str, Any]:
+    async def invoke(self, payload: Any, app: Any = None, **kw: Any) -> dict[str, Any]:
         return await (app or self.app).ainvoke(
-            payload, self.cfg(), context=self.ctx, durability="sync"
+            payload, self.cfg(), context=self.ctx, durability="sync", **kw
         )
+
+    async def until_act(self, task: str) -> None:
+        """Start a run and stop it before `act`: the model turn exists, no tool ran."""
+        await self.invoke({"task": task}, interrupt_before=["act"])
+
+    async def key(self, call_id: str) -> str:
+        """Return the ledger key `act` uses for a call: thread, model turn, call id."""
+        state = await self.app.aget_state(self.cfg())
+        turn = next(
+            m
+            for m in reversed(state.values["messages"])
+            if isinstance(m, AIMessage) and any(c["id"] == call_id for c in m.tool_calls)
+        )
+        return ledger_key(self.thread_id, str(turn.id), call_id)
 
     async def decide(self, *decisions: dict[str, Any], app: Any = None) -> dict[str, Any]:
         return await self.invoke(
@@ -123,12 +137,13 @@ class Thread:
         result: dict[str, Any] | None = None,
     ) -> None:
         """Leave the ledger row a crash would leave for this call."""
+        key = await self.key(call_id)
         async with self.pool.connection() as conn:
             await conn.execute(
                 "INSERT INTO warden_ledger (key, thread_id, tool_call_id, tool, args_hash, "
                 "status, result) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
-                    ledger_key(self.thread_id, call_id),
+                    key,
                     self.thread_id,
                     call_id,
                     tool,
@@ -150,7 +165,8 @@ def one_call(tool: str, label: str = "a") -> list[dict[str, Any]]:
 async def test_every_call_is_claimed_and_recorded_under_its_key(saver, tmp_path: Path) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp"))
     final = await thread.invoke({"task": "stamp a"})
-    key = ledger_key(thread.thread_id, "call_1_1")
+    key = await thread.key("call_1_1")
+    assert key.startswith(f"{thread.thread_id}:") and key.endswith(":call_1_1")
     [message] = results(final)
     assert message.text == f"stamp a done under key {key}"  # the tool saw its key
     [entry] = await ledger_entries(thread.pool, thread.thread_id)
@@ -164,8 +180,9 @@ async def test_every_call_is_claimed_and_recorded_under_its_key(saver, tmp_path:
 async def test_a_finished_call_is_replayed_not_run(saver, tmp_path: Path) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp"))
     stored = {"content": "stamp a done before the crash", "status": "success", "meta": {}}
+    await thread.until_act("stamp a")
     await thread.plant("call_1_1", "stamp", {"label": "a"}, status="succeeded", result=stored)
-    final = await thread.invoke({"task": "stamp a"})
+    final = await thread.invoke(None)
     [message] = results(final)
     assert message.text == "stamp a done before the crash"
     assert message.response_metadata["warden"]["replayed"] is True
@@ -177,8 +194,9 @@ async def test_a_finished_call_is_replayed_not_run(saver, tmp_path: Path) -> Non
 async def test_a_failed_call_is_replayed_as_the_same_error(saver, tmp_path: Path) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp"))
     stored = {"content": "stamp failed: disk full", "status": "error", "meta": {"error": "X"}}
+    await thread.until_act("stamp a")
     await thread.plant("call_1_1", "stamp", {"label": "a"}, status="failed", result=stored)
-    [message] = results(await thread.invoke({"task": "stamp a"}))
+    [message] = results(await thread.invoke(None))
     assert (message.text, message.status) == ("stamp failed: disk full", "error")
     assert lines(thread.log) == []
 
@@ -187,15 +205,16 @@ async def test_in_doubt_call_goes_to_a_human_and_runs_once_when_approved(
     saver, tmp_path: Path
 ) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp"))
+    await thread.until_act("stamp a")
     await thread.plant("call_1_1", "stamp", {"label": "a"})
-    paused = await thread.invoke({"task": "stamp a"})
+    paused = await thread.invoke(None)
     [interrupt] = paused["__interrupt__"]
     request = interrupt.value
     assert request["in_doubt"] == [True]
     assert request["tool_call_ids"] == ["call_1_1"]
     description = request["action_requests"][0]["description"]
     assert description.startswith("IN DOUBT: attempt 1 of `stamp` started at ")
-    assert ledger_key(thread.thread_id, "call_1_1") in description
+    assert await thread.key("call_1_1") in description
     assert request["review_configs"][0]["allowed_decisions"] == ["approve", "reject", "respond"]
     assert lines(thread.log) == []  # never re-run blindly
 
@@ -218,8 +237,9 @@ async def test_in_doubt_call_rejected_is_not_run_and_the_model_is_told(
     saver, tmp_path: Path
 ) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp"))
+    await thread.until_act("stamp a")
     await thread.plant("call_1_1", "stamp", {"label": "a"})
-    await thread.invoke({"task": "stamp a"})
+    await thread.invoke(None)
     final = await thread.decide({"type": "reject", "message": "it went out already"})
     assert final["halt_reason"] == "completed"
     assert lines(thread.log) == []
@@ -233,8 +253,9 @@ async def test_in_doubt_call_rejected_is_not_run_and_the_model_is_told(
 
 async def test_in_doubt_idempotent_call_runs_again(saver, tmp_path: Path) -> None:
     thread = Thread(saver, tmp_path, one_call("touch"))
+    await thread.until_act("touch a")
     await thread.plant("call_1_1", "touch", {"label": "a"})
-    final = await thread.invoke({"task": "touch a"})
+    final = await thread.invoke(None)
     assert "__interrupt__" not in final
     assert lines(thread.log) == ["touch a"]
     [entry] = await ledger_entries(thread.pool, thread.thread_id)
@@ -246,10 +267,11 @@ async def test_in_doubt_call_with_a_reconcile_hook_is_settled_by_it(
     saver, tmp_path: Path, happened: bool
 ) -> None:
     thread = Thread(saver, tmp_path, one_call("note"))
+    await thread.until_act("note a")
     await thread.plant("call_1_1", "note", {"label": "a"})
     if happened:
         thread.log.write_text("note a\n")  # the crashed attempt did write it
-    final = await thread.invoke({"task": "note a"})
+    final = await thread.invoke(None)
     assert "__interrupt__" not in final
     assert lines(thread.log) == ["note a"]
     [message] = results(final)
@@ -265,8 +287,9 @@ async def test_in_doubt_call_with_a_reconcile_hook_is_settled_by_it(
 async def test_arguments_that_differ_from_the_ledger_are_refused(saver, tmp_path: Path) -> None:
     thread = Thread(saver, tmp_path, one_call("stamp", "a"))
     stored = {"content": "stamp b done", "status": "success", "meta": {}}
+    await thread.until_act("stamp")
     await thread.plant("call_1_1", "stamp", {"label": "b"}, status="succeeded", result=stored)
-    [message] = results(await thread.invoke({"task": "stamp"}))
+    [message] = results(await thread.invoke(None))
     assert message.status == "error"
     assert message.response_metadata["warden"]["refused"] == "args_mismatch"
     assert lines(thread.log) == []
@@ -278,7 +301,7 @@ async def test_outbox_email_in_doubt_is_reconciled_from_the_outbox(saver, tmp_pa
     paused = await thread.invoke({"task": "mail ops"})
     assert "__interrupt__" in paused
     # The approved attempt delivered, then its process died before recording it.
-    key = ledger_key(thread.thread_id, "call_1_1")
+    key = await thread.key("call_1_1")
     await thread.plant("call_1_1", "send_email", email)
     thread.outbox.mkdir()
     delivered = {"message_id": message_id_for(key, "warden.local"), **email}
@@ -296,7 +319,7 @@ async def test_outbox_email_carries_the_key_derived_message_id(saver, tmp_path: 
     await thread.invoke({"task": "mail ops"})
     await thread.decide({"type": "approve"})
     [sent] = [json.loads(x) for x in lines(thread.outbox / "outbox.jsonl")]
-    key = ledger_key(thread.thread_id, "call_1_1")
+    key = await thread.key("call_1_1")
     assert sent["message_id"] == message_id_for(key, "warden.local")
 
 
@@ -341,8 +364,9 @@ async def test_a_batch_with_a_call_in_doubt_is_held_back_and_observed_once(
         turn("finished"),
     ]
     thread = Thread(saver, tmp_path, turns)
+    await thread.until_act("both")
     await thread.plant("call_1_1", "stamp", {"label": "a"})
-    paused = await thread.invoke({"task": "both"})
+    paused = await thread.invoke(None)
     assert paused["__interrupt__"][0].value["tool_call_ids"] == ["call_1_1"]
     assert results(paused) == []  # nothing is shown to the model before the decision
     assert lines(thread.log) == ["touch b"]  # the other call ran (and is in the ledger)
@@ -353,3 +377,4 @@ async def test_a_batch_with_a_call_in_doubt_is_held_back_and_observed_once(
     assert final["usage"]["tool_calls"] == 2
     assert final["usage"]["tool_calls_by_name"] == {"stamp": 1, "touch": 1}
     assert final["halt_reason"] == "completed"
+

@@ -38,11 +38,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from checkpoints.ledger import ledger_key
 from graph.runtime import open_warden
 from graph.settings import Settings
 from tests.conftest import REPO, call, turn
-from tests.support.chaos_tools import SCHEMA
+from tests.support.chaos_tools import SCHEMA, recorded_key
 from tests.support.smtp import Inbox, smtp_server
 from tools.email import message_id_for
 
@@ -202,7 +201,7 @@ def decide(lab: Lab, trial: Trial, request: dict[str, Any]) -> dict[str, Any]:
             continue
         assert action["name"] == "send_email", f"only the email has no reconcile hook: {action}"
         assert action["description"].startswith("IN DOUBT: ")
-        key = ledger_key(trial.thread, call_id)
+        key = recorded_key(lab.url, trial.thread, call_id)
         arrived = lab.inbox.with_message_id(message_id_for(key, SENDER_DOMAIN))
         kind = "reject" if arrived else "approve"
         decisions.append({"type": kind, "message": "it arrived"} if arrived else {"type": kind})
@@ -251,17 +250,17 @@ def play(lab: Lab, trial: Trial) -> Trial:
 
 def effects(lab: Lab, trial: Trial) -> int:
     """Count the scenario's side effect for this trial's thread where it landed."""
-    key = ledger_key(trial.thread, "call_1_1")
+    if trial.scenario == "file":
+        written = trial.workspace / "out" / "report.txt"
+        return 1 if written.exists() and written.read_text() == REPORT else 0
+    key = recorded_key(lab.url, trial.thread, "call_1_1")
     if trial.scenario == "email":
         return lab.inbox.with_message_id(message_id_for(key, SENDER_DOMAIN))
-    if trial.scenario == "sql":
-        with psycopg.connect(lab.url) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM chaos_orders WHERE idem_key = %s", (key,)
-            ).fetchone()
-        return int(row[0]) if row else 0
-    written = trial.workspace / "out" / "report.txt"
-    return 1 if written.exists() and written.read_text() == REPORT else 0
+    with psycopg.connect(lab.url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM chaos_orders WHERE idem_key = %s", (key,)
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -311,6 +310,8 @@ def test_sigkill_at_random_moments_then_resume(lab: Lab, scenario: str) -> None:
             "count(*) FILTER (WHERE attempts > 1) FROM warden_ledger WHERE thread_id = ANY(%s)",
             ([t.thread for t in done],),
         ).fetchone()
+    if scenario == "email":  # nothing else sent, under any other Message-ID either
+        assert len(lab.inbox.messages) == 1 + len(done), f"seed {SEED}: {len(lab.inbox.messages)}"
     killed = sum(t.killed for t in done)
     doubted = sum(1 for t in done if any(d.startswith("in-doubt") for d in t.decisions))
     print(

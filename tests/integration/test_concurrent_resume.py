@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints.ledger import ledger_key
 from tests.conftest import call, turn
+from tests.support.chaos_tools import recorded_key
 from tests.support.smtp import smtp_server
 from tools.email import message_id_for
 
@@ -72,6 +72,6 @@ def test_two_resumes_of_one_approval_run_it_once(
         ]
         assert "Traceback" not in busy
         assert inbox.with_message_id(
-            message_id_for(ledger_key(thread, "call_1_1"), "warden.test")
+            message_id_for(recorded_key(database_url, thread, "call_1_1"), "warden.test")
         ) == 1
         assert len(inbox.messages) == 1

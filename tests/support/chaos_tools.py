@@ -51,3 +51,15 @@ def order_recorded(args: dict[str, Any], key: str) -> Reconciled:
     if row is None:
         return Reconciled("absent")
     return Reconciled("done", f"order recorded: {row[1]} x {row[0]}")
+
+
+def recorded_key(dsn: str, thread_id: str, tool_call_id: str) -> str:
+    """Return the idempotency key the ledger recorded for a call (its turn id included)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT key FROM warden_ledger WHERE thread_id = %s AND tool_call_id = %s "
+            "ORDER BY started_at DESC LIMIT 1",
+            (thread_id, tool_call_id),
+        ).fetchone()
+    assert row is not None, f"no ledger row for {thread_id} {tool_call_id}"
+    return str(row[0])
