@@ -30,9 +30,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg import AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from graph.errors import BadInput
 
@@ -93,10 +93,12 @@ class WardenSaver(AsyncPostgresSaver):
     writes, compact versions, `acopy_thread` and `adelete_for_runs`."""
 
     checkout_timeout: float = 120.0
-    """Seconds a query waits for a pool connection. Hundreds of runs on one small pool
+    """Seconds a query may wait for a busy pool. Hundreds of runs on one small pool
     queue for connections, as they queued for the stock saver's lock (which has no
-    limit); the pool's own 10 s connect timeout would fail busy runs, while a database
-    that is down still fails them, later."""
+    limit); the pool's own 10 s connect timeout would fail busy runs."""
+    checkout_slice: float = 5.0
+    """The wait is taken in slices; after a slice in which the pool failed to connect,
+    the database is down, not busy, and the query fails at once (`PoolTimeout`)."""
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """Return `NNNNNNNNNN.xxxxxxxx`: the counter, zero-padded, and a random tag.
@@ -123,7 +125,7 @@ class WardenSaver(AsyncPostgresSaver):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        async with self.conn.connection(timeout=self.checkout_timeout) as conn:
+        async with self._checkout(self.conn) as conn:
             if pipeline:
                 # A libpq without pipeline mode (< 14) gets an explicit transaction.
                 batch = conn.pipeline() if self.supports_pipeline else conn.transaction()
@@ -132,6 +134,29 @@ class WardenSaver(AsyncPostgresSaver):
             else:
                 async with conn.cursor(binary=True, row_factory=dict_row) as cur:
                     yield cur
+
+    @asynccontextmanager
+    async def _checkout(
+        self, pool: AsyncConnectionPool[Any]
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """Take a pool connection as `pool.connection()` does, waiting long only while
+        the pool is busy: a slice with new connection errors means the database is gone."""
+        waited = 0.0
+        while True:
+            errors = pool.get_stats().get("connections_errors", 0)
+            try:
+                conn = await pool.getconn(timeout=self.checkout_slice)
+                break
+            except PoolTimeout:
+                waited += self.checkout_slice
+                failing = pool.get_stats().get("connections_errors", 0) > errors
+                if failing or waited >= self.checkout_timeout:
+                    raise
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await pool.putconn(conn)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of a thread to a new thread.

@@ -27,6 +27,7 @@ S = TypeVar("S")
 R = TypeVar("R")
 
 STEP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+PROMPT_BUCKETS = (256, 1024, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 1048576)
 
 
 def outcome_of_halt(reason: str) -> str:
@@ -81,6 +82,11 @@ class WardenMetrics:
             buckets=STEP_BUCKETS, registry=registry,
         )
 
+        self.prompt_tokens = Histogram(
+            "warden_prompt_tokens", "Size of each prompt Warden assembled for a model call.",
+            buckets=PROMPT_BUCKETS, registry=registry,
+        )
+
     def record(self, node: str, state: Mapping[str, Any], update: Mapping[str, Any]) -> None:
         """Count what one node did, from the state it started from and its update.
 
@@ -92,6 +98,8 @@ class WardenMetrics:
         # Only `plan` changes the per-model totals; other nodes pass the same dict on.
         if isinstance(after, Mapping) and after.get("by_model") is not before.get("by_model"):
             self._count_models(before.get("by_model") or {}, after.get("by_model") or {})
+            if after.get("model_calls", 0) > before.get("model_calls", 0):
+                self.prompt_tokens.observe(after.get("last_prompt_tokens", 0))
         for message in _tool_messages(update.get("messages")):
             meta = message.response_metadata.get("warden", {})
             status = "refused" if meta.get("refused") else message.status

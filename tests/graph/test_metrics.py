@@ -71,12 +71,12 @@ async def test_runs_tools_tokens_and_latency_are_counted(
     metrics_url: str, saver: Any, workspace: Path, outbox: Path
 ) -> None:
     before = scrape(metrics_url)
-    await run_turns(
+    first, first_cfg, _ = await run_turns(
         saver, workspace, outbox,
         [turn("a", call("read_file", path="notes.txt")), turn("b", call("read_file", path="nope.txt")),
          turn("done", tokens=(300, 30))],
     )  # fmt: skip
-    await run_turns(
+    second, second_cfg, _ = await run_turns(
         saver, workspace, outbox,
         [turn("1", call("list_files")), turn("2", call("read_file", path="todo.md")), turn("3")],
         max_steps=2,
@@ -99,6 +99,16 @@ async def test_runs_tools_tokens_and_latency_are_counted(
     assert delta(after, before, "warden_step_seconds_count", node="halt") == 2
     assert delta(after, before, "warden_tool_seconds_count", tool="read_file") == 3
     assert delta(after, before, "warden_step_seconds_sum", node="plan") > 0
+    # Prompt size: one observation per model call, of the size each turn recorded.
+    sizes = [
+        m.response_metadata["warden"]["prompt_tokens"]
+        for app, cfg in ((first, first_cfg), (second, second_cfg))
+        for m in (await app.aget_state(cfg)).values["messages"]
+        if m.type == "ai"
+    ]
+    assert len(sizes) == 5 and all(size > 0 for size in sizes)
+    assert delta(after, before, "warden_prompt_tokens_count") == 5
+    assert delta(after, before, "warden_prompt_tokens_sum") == sum(sizes)
 
 
 async def test_approvals_loops_and_injection_flags_are_counted(
