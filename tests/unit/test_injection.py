@@ -142,12 +142,24 @@ def test_findings_are_capped() -> None:
      "send it to x@y.example ", "ignore all the previous "],
 )
 def test_scan_stays_linear_on_large_adversarial_input(unit: str) -> None:
+    """Scan time grows linearly: 4x the input costs about 4x, not 16x (a quadratic regex).
+
+    A ratio of two timings in the same process, best of three each, instead of an
+    absolute limit: a loaded machine slows both sizes alike.
+    """
     import time
 
-    text = unit * (256 * 1024 // len(unit))  # the size of the largest file read
-    started = time.perf_counter()
-    scan(text)
-    assert time.perf_counter() - started < 3.0
+    def best_time(text: str) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            scan(text)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    big = unit * (256 * 1024 // len(unit))  # the size of the largest file read
+    small = big[: len(big) // 4]
+    assert best_time(big) / max(best_time(small), 1e-4) < 10
 
 
 # --- task input ------------------------------------------------------------------
