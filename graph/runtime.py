@@ -297,6 +297,9 @@ class Warden:
                     f"thread {thread_id} has a run that has not ended ({current.status}); "
                     f"use `warden resume {thread_id}`"
                 )
+        # A request stored as an earlier run ended (after its `halt`, before its lock was
+        # released) was meant for that run: it must not cancel this new one.
+        await consume_cancel(self.pool, thread_id)
         async with self.pool.connection() as conn:
             await conn.execute(
                 """

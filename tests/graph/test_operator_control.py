@@ -112,6 +112,19 @@ async def test_a_request_left_over_does_not_outlive_the_run(
     assert (await app.aget_state(config)).values["halt_reason"] == "completed"
 
 
+async def test_a_request_stored_after_a_run_ended_does_not_cancel_the_next_run(
+    warden: Warden, write_script, workspace: Path, database_url: str
+) -> None:
+    ctx = Context(model=f"scripted:{write_script([turn('hello'), turn('hello again')])}")
+    first = await warden.run("greet", context=ctx, workspace=workspace)
+    assert first.status == "completed"
+    # As if `warden cancel` saw the lock just before the finished run let go of it.
+    await request_cancel(warden.pool, first.thread_id, requested_by="ann", reason="too late")
+    again = await warden.run("greet again", context=ctx, workspace=workspace, thread_id=first.thread_id)
+    assert (again.status, again.halt_reason) == ("completed", "completed")
+    assert cancel_rows(database_url, first.thread_id) == 0
+
+
 # --- inject -----------------------------------------------------------------------------
 
 
