@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -129,3 +130,23 @@ async def test_a_run_that_cannot_reserve_halts_global_budget(
     assert day["reserved_usd"] == 0  # every hold was settled
     assert day["spent_usd"] == pytest.approx(outcome.usage["cost_usd"])
     assert day["spent_usd"] <= day["cap_usd"]
+
+
+async def test_many_concurrent_holds_of_one_tenant_do_not_deadlock(database_url: str) -> None:
+    """Reserve and settle from many tasks at once (as 200 concurrent runs of one tenant do).
+
+    Settle updates the day and month rows in the order its plan scans them; without the
+    per-tenant lock taken first, this deadlocked against reserve's day-then-month order.
+    """
+    import asyncio
+
+    async def one(pool: Any, i: int) -> None:
+        held = await reserve(pool, tenant="t-busy", thread_id=f"busy-{i}", estimate=0.001)
+        assert isinstance(held, Reservation)
+        await settle(pool, held, 0.001)
+
+    async with open_pool(database_url, max_size=10) as pool:
+        for _ in range(5):
+            await asyncio.gather(*(one(pool, i) for i in range(60)))
+    spent = totals(database_url, "t-busy")
+    assert {v for v in spent.values()} == {(0, Decimal("0.300"))}
