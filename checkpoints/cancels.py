@@ -39,15 +39,10 @@ async def request_cancel(pool: Pool, thread_id: str, *, requested_by: str, reaso
         )
 
 
-async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
-    """Return the thread's pending cancel request, if any (one indexed lookup)."""
+async def _one_request(pool: Pool, sql: str, thread_id: str) -> CancelRequest | None:
+    """Run a statement returning at most one request row for the thread."""
     async with pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                "SELECT requested_by, reason FROM warden_cancel_requests WHERE thread_id = %s",
-                (thread_id,),
-            )
-        ).fetchone()
+        row = await (await conn.execute(sql, (thread_id,))).fetchone()
     return (
         None
         if row is None
@@ -55,20 +50,21 @@ async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
     )
 
 
+async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
+    """Return the thread's pending cancel request, if any (one indexed lookup)."""
+    return await _one_request(
+        pool,
+        "SELECT requested_by, reason FROM warden_cancel_requests WHERE thread_id = %s",
+        thread_id,
+    )
+
+
 async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
     """Delete the thread's pending request and return it: the run has honoured it."""
-    async with pool.connection() as conn:
-        row = await (
-            await conn.execute(
-                "DELETE FROM warden_cancel_requests WHERE thread_id = %s "
-                "RETURNING requested_by, reason",
-                (thread_id,),
-            )
-        ).fetchone()
-    return (
-        None
-        if row is None
-        else CancelRequest(requested_by=row["requested_by"], reason=row["reason"])
+    return await _one_request(
+        pool,
+        "DELETE FROM warden_cancel_requests WHERE thread_id = %s RETURNING requested_by, reason",
+        thread_id,
     )
 
 

@@ -21,6 +21,7 @@ from graph.loops import args_hash
 from graph.routing import call_decision, needs_approval, pending_tool_calls, undecided_doubts
 from graph.state import ApprovalRecord, State, StopSignal
 from nodes.accounting import NodeClock
+from nodes.results import tool_message
 from tools.registry import ToolRegistry
 
 
@@ -83,33 +84,27 @@ def make_approve_node(
             if kind == "reject" and call.get("in_doubt"):
                 # Not a refusal of the model's intent: the call may well have run.
                 messages.append(
-                    ToolMessage(
-                        content=(
-                            f"Outcome unknown: this call was started earlier but Warden "
-                            f"cannot tell whether it took effect, and reviewer "
-                            f"{answer.reviewer} decided not to run it again"
-                            f"{': ' + message if message else ''}. Do not retry it "
-                            "unless asked."
-                        ),
-                        tool_call_id=call["id"],
-                        name=call["name"],
+                    tool_message(
+                        call,
+                        f"Outcome unknown: this call was started earlier but Warden "
+                        f"cannot tell whether it took effect, and reviewer "
+                        f"{answer.reviewer} decided not to run it again"
+                        f"{': ' + message if message else ''}. Do not retry it "
+                        "unless asked.",
                         status="error",
-                        response_metadata={"warden": {"refused": "in_doubt"}},
+                        refused="in_doubt",
                     )
                 )
             elif kind == "reject":
                 rejections += 1
                 messages.append(
-                    ToolMessage(
-                        content=(
-                            f"Rejected by reviewer {answer.reviewer}: "
-                            f"{message or 'no reason given'}. The call was not executed; "
-                            "do not retry it unless asked."
-                        ),
-                        tool_call_id=call["id"],
-                        name=call["name"],
+                    tool_message(
+                        call,
+                        f"Rejected by reviewer {answer.reviewer}: "
+                        f"{message or 'no reason given'}. The call was not executed; "
+                        "do not retry it unless asked.",
                         status="error",
-                        response_metadata={"warden": {"refused": "rejected"}},
+                        refused="rejected",
                     )
                 )
             elif kind == "respond":
