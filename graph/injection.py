@@ -29,7 +29,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from graph.redaction import KINDS, redact
@@ -381,25 +380,31 @@ def neutralise(body: str, nonce: str) -> str:
     if not body.isascii() and _INVISIBLE.search(body):
         body = _INVISIBLE.sub("", body)
     body = _FENCE.sub(lambda m: "&lt;" + m.group(0)[1:], body)
-    # The nonce is ASCII hex: a plain substring test rules it out before the regex runs.
-    if nonce and nonce.lower() in body.lower():
+    # A case-insensitive search, not `in body.lower()`: lowering would copy the data.
+    if nonce and re.search(re.escape(nonce), body, flags=re.IGNORECASE):
         body = re.sub(re.escape(nonce), "[nonce removed]", body, flags=re.IGNORECASE)
     return body
 
 
-@lru_cache(maxsize=4096)
-def fence(body: str, nonce: str, **attrs: object) -> str:
-    """Wrap untrusted data between delimiters that carry the run's nonce.
+def fence_parts(body: str, nonce: str, **attrs: object) -> tuple[str, str, str]:
+    """Return the fence around untrusted data as (opening line, neutralised body, closing line).
 
-    Memoised: `plan` renders the whole history at every step, and a result's fenced
-    form never changes, so each is computed once instead of once per later step.
+    Joined, the parts are `fence(...)`. Kept apart, the body stays the very string
+    object the history holds whenever neutralising leaves it unchanged (the usual
+    case), so a prompt that sends the parts as separate text blocks costs no copy of
+    the data: `plan` renders the whole history at every step.
     """
     header = " ".join(f"{k}={_attr(v)}" for k, v in attrs.items() if v is not None)
     return (
-        f"{FENCE_OPEN} nonce={nonce}{' ' + header if header else ''} trust=untrusted>>\n"
-        f"{neutralise(body, nonce)}\n"
-        f"{FENCE_CLOSE} nonce={nonce}>>"
+        f"{FENCE_OPEN} nonce={nonce}{' ' + header if header else ''} trust=untrusted>>\n",
+        neutralise(body, nonce),
+        f"\n{FENCE_CLOSE} nonce={nonce}>>",
     )
+
+
+def fence(body: str, nonce: str, **attrs: object) -> str:
+    """Wrap untrusted data between delimiters that carry the run's nonce."""
+    return "".join(fence_parts(body, nonce, **attrs))
 
 
 def data_contract(nonce: str) -> str:

@@ -39,7 +39,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from graph.context import Context
-from graph.injection import data_contract, fence
+from graph.injection import data_contract, fence, fence_parts
 from graph.pricing import cost_usd, lookup_price
 from nodes.tokens import TokenCounter, head
 
@@ -152,7 +152,7 @@ def render_tool_message(
     shown as what they are.
     """
     meta = message.response_metadata.get("warden") or {}
-    text: str = str(message.text)
+    text: str = message.content if isinstance(message.content, str) else str(message.text)
     cut = 0
     if limit is not None:
         text, cut = head(text, limit)
@@ -169,7 +169,11 @@ def render_tool_message(
     elif meta.get("refused"):
         content = f"[warden: call not executed ({meta['refused']})]\n{text}"
     else:
-        content = fence(
+        # Three text blocks, not one joined string: the data block is the history's own
+        # string, so rendering the history at every step copies none of it (the joined
+        # text, `message.text`, is the same). Providers take a list of text blocks as
+        # a tool result's content.
+        parts = fence_parts(
             text,
             nonce,
             tool=message.name,
@@ -177,6 +181,9 @@ def render_tool_message(
             step=step,
             status="error" if message.status == "error" else None,
             truncated=cut or None,
+        )
+        return message.model_copy(
+            update={"content": [{"type": "text", "text": part} for part in parts]}
         )
     return message.model_copy(update={"content": content})
 

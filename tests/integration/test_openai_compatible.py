@@ -67,7 +67,11 @@ def check_conversation(server: FakeOpenAI) -> None:
     assert assistant["tool_calls"][0]["id"] == "call_x"
     assert json.loads(assistant["tool_calls"][0]["function"]["arguments"]) == {"path": "notes.txt"}
     assert tool["tool_call_id"] == "call_x"
-    assert "alpha\nbeta" in tool["content"]
+    # A tool result goes out as text content parts (OpenAI's documented array form):
+    # the fence lines and the data itself, which Warden keeps apart to avoid copying it.
+    parts = tool["content"]
+    assert isinstance(parts, list) and {p["type"] for p in parts} == {"text"}
+    assert "alpha\nbeta" in "".join(p["text"] for p in parts)
 
 
 async def test_graph_against_openai_compatible_server(

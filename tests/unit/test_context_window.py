@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from nodes.context_window import (
     render_tool_message,
     units_of,
 )
-from nodes.tokens import OFFLINE_ENCODING, TokenCounter, has_own_counter, text_tokens
+from graph.injection import fence
+from nodes.tokens import OFFLINE_ENCODING, TokenCounter, has_own_counter, head, text_tokens
 
 NONCE = "0123456789abcdef"
 
@@ -175,3 +178,24 @@ def test_a_huge_newest_result_is_cut_to_the_room_left() -> None:
     assert window.messages[-2].id == "ai-2"  # its call comes with it
     assert "tm-a" not in [m.id for m in window.messages]  # no room left for the older pair
     assert any("earlier messages (steps 1-1) are not shown" in m.text for m in window.messages)
+
+
+def test_rendering_a_result_copies_none_of_its_data() -> None:
+    # plan renders the whole history at every step: the fenced result must reuse the
+    # history's string (three text blocks), not hold a second copy of every result.
+    data = secrets.token_hex(1536)
+    message = ToolMessage(content=data, tool_call_id="call_1_1", name="fetch")
+    shown = render_tool_message(message, NONCE, step=1)
+    blocks = shown.content
+    assert isinstance(blocks, list) and [b["type"] for b in blocks] == ["text"] * 3
+    assert blocks[1]["text"] is data
+    assert shown.text == fence(data, NONCE, tool="fetch", call_id="call_1_1", step=1)
+
+
+def test_token_memos_keep_no_reference_to_the_text() -> None:
+    # A memo keyed by the text would keep every counted result alive after its run.
+    text = secrets.token_hex(2000)
+    before = sys.getrefcount(text)
+    assert text_tokens(text) == text_tokens(text) > 0
+    assert head(text, 10)[1] > 0 and head(text, 10**6) == (text, 0)
+    assert sys.getrefcount(text) == before
