@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
 from graph.context import Context
+from graph.injection import fence
 from graph.scripted import ScriptedChatModel
 from graph.settings import load_config_file
 from nodes.context_window import (
@@ -23,7 +24,6 @@ from nodes.context_window import (
     render_tool_message,
     units_of,
 )
-from graph.injection import fence
 from nodes.tokens import OFFLINE_ENCODING, TokenCounter, has_own_counter, head, text_tokens
 
 NONCE = "0123456789abcdef"
