@@ -94,6 +94,25 @@ def message_text(message: BaseMessage) -> str:
     return text
 
 
+def offline_tokens(message: BaseMessage) -> int:
+    """Count a message's text with the offline encoding.
+
+    Content made of text blocks is counted block by block: a rendered tool result is
+    its fence lines (which carry the run's nonce) around the history's own data string,
+    whose count is then memoised across steps and runs, so a resumed run with a new
+    nonce does not tokenise the whole history again. The fence lines end and start
+    with a newline, where the encoding's pre-tokeniser splits anyway.
+    """
+    content = message.content
+    if isinstance(content, list) and not (isinstance(message, AIMessage) and message.tool_calls):
+        return sum(
+            text_tokens(block if isinstance(block, str) else str(block.get("text", "")))
+            for block in content
+            if isinstance(block, str) or block.get("type") == "text"
+        )
+    return text_tokens(message_text(message))
+
+
 def has_own_counter(model: BaseChatModel) -> bool:
     """Tell whether a chat model overrides LangChain's generic message counter.
 
@@ -132,7 +151,7 @@ class TokenCounter:
                     self._model = None
                     return self.message(message)
             return self._cache[key]
-        return text_tokens(message_text(message)) + TOKENS_PER_MESSAGE
+        return offline_tokens(message) + TOKENS_PER_MESSAGE
 
     def messages(self, messages: Sequence[BaseMessage]) -> int:
         """Count a whole prompt."""

@@ -24,7 +24,14 @@ from nodes.context_window import (
     render_tool_message,
     units_of,
 )
-from nodes.tokens import OFFLINE_ENCODING, TokenCounter, has_own_counter, head, text_tokens
+from nodes.tokens import (
+    OFFLINE_ENCODING,
+    TokenCounter,
+    has_own_counter,
+    head,
+    offline_tokens,
+    text_tokens,
+)
 
 NONCE = "0123456789abcdef"
 
@@ -199,3 +206,11 @@ def test_token_memos_keep_no_reference_to_the_text() -> None:
     assert text_tokens(text) == text_tokens(text) > 0
     assert head(text, 10)[1] > 0 and head(text, 10**6) == (text, 0)
     assert sys.getrefcount(text) == before
+
+
+def test_a_rendered_result_counts_as_its_joined_text() -> None:
+    # Counted block by block (so the data's count is reused under a new nonce), the
+    # total equals counting the joined text.
+    data = "line one\nline two " + secrets.token_hex(300)
+    shown = render_tool_message(ToolMessage(content=data, tool_call_id="c1", name="fetch"), NONCE, 2)
+    assert offline_tokens(shown) == text_tokens(shown.text)
