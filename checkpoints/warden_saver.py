@@ -38,6 +38,7 @@ from langgraph.checkpoint.base import (
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
+    CheckpointTuple,
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -107,6 +108,7 @@ DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 LENGTHS = string.ascii_lowercase
 TAG_DIGITS = 5  # 62**5: about 30 random bits, as many as the 8 hex digits before
 PRIMITIVES = (type(None), str, int, float, bool)
+STORED_APART = frozenset({"id", "updated_channels", "channel_values"})
 
 
 def _base62(number: int, width: int = 1) -> str:
@@ -189,7 +191,6 @@ class WardenSaver(AsyncPostgresSaver):
         thread_id = configurable.pop("thread_id")
         checkpoint_ns = configurable.pop("checkpoint_ns")
         checkpoint_id = configurable.pop("checkpoint_id", None)
-        copy = checkpoint.copy()
         inline: dict[str, Any] = {}
         blob_values: dict[str, Any] = {}
         versions = checkpoint["channel_versions"]
@@ -201,7 +202,12 @@ class WardenSaver(AsyncPostgresSaver):
                 inline[k] = v
             else:
                 blob_values[k] = v
-        copy["channel_values"] = inline
+        # Stored without what the row or LangGraph already has: the id is the row's
+        # `checkpoint_id` (put back on load), and `updated_channels` only narrows which
+        # nodes the first step after a load checks (without it, all five are).
+        stored = {k: v for k, v in checkpoint.items() if k not in STORED_APART}
+        if inline:
+            stored["channel_values"] = inline
         next_config: RunnableConfig = {
             "configurable": {
                 "thread_id": thread_id,
@@ -223,11 +229,17 @@ class WardenSaver(AsyncPostgresSaver):
                     checkpoint_ns,
                     checkpoint["id"],
                     checkpoint_id,
-                    Jsonb(copy),
+                    Jsonb(stored),
                     Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
                 ),
             )
         return next_config
+
+    async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
+        """Load a row as the stock saver does, putting back the id `aput` left out."""
+        loaded = await super()._load_checkpoint_tuple(value)
+        loaded.checkpoint.setdefault("id", value["checkpoint_id"])
+        return loaded
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:

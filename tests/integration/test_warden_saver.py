@@ -243,15 +243,16 @@ async def test_forks_of_one_checkpoint_keep_their_own_values(
 async def test_primitives_are_stored_once_per_change(
     saver: WardenSaver, database_url: str, workspace: Path, outbox: Path
 ) -> None:
-    """A Warden thread's rows carry no inline values, only delta snapshot markers; each
-    primitive is one blob per version, and the thread reads back whole."""
+    """A Warden thread's rows carry no inline values, only delta snapshot markers, nor
+    what the row holds anyway; each primitive is one blob per version, and the thread
+    reads back whole."""
     app, thread = await run_thread(saver, workspace, outbox, reads=2)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT checkpoint -> 'channel_values' FROM checkpoints WHERE thread_id = %s",
-            (thread,),
+            "SELECT checkpoint_id, checkpoint FROM checkpoints WHERE thread_id = %s", (thread,)
         )
-        inline = [row[0] for row in await cur.fetchall()]
+        rows = await cur.fetchall()
+        inline = [row[1].get("channel_values", {}) for row in rows]
         cur = await conn.execute(
             "SELECT count(*) FROM checkpoint_blobs WHERE thread_id = %s AND channel = 'run_id'",
             (thread,),
@@ -259,6 +260,10 @@ async def test_primitives_are_stored_once_per_change(
         run_id_blobs = (await cur.fetchone() or [0])[0]
     assert inline and all(set(values.values()) <= {True} for values in inline)
     assert run_id_blobs == 1
+    # Neither the id (the row's key) nor `updated_channels` is stored in the row.
+    assert not any({"id", "updated_channels"} & set(row[1]) for row in rows)
+    latest = await saver.aget_tuple(config(thread))
+    assert latest is not None and latest.checkpoint["id"] == max(row[0] for row in rows)
     state = await app.aget_state(config(thread))
     assert state.values["run_id"] and state.values["objective"] == "read it"
     assert state.values["halt_reason"] == "completed" and state.values["tainted"] is False
