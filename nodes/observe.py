@@ -124,7 +124,7 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     usage, spent = clock.usage(state["usage"])
     if added:
         update["loop"] = added
-    return update | {
-        "usage": spent,
-        "budget_warnings": soft_warnings(usage, ctx, state.get("budget_warnings") or []),
-    }
+    # Channels are written only when they change: every write is stored.
+    if warnings := soft_warnings(usage, ctx, state.get("budget_warnings") or []):
+        update["budget_warnings"] = warnings
+    return update | {"usage": spent}

@@ -330,12 +330,14 @@ def make_plan_node(
         warnings = [*context_warnings, *soft_warnings(new_usage, ctx, warnings_seen)]
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")
-        result = update | {
-            "messages": [*new_messages, response],
-            "objective": objective,
-            "usage": usage_write(spent),
-            "budget_warnings": warnings if "budget_warnings" not in update else Overwrite(warnings),
-        }
+        result = update | {"messages": [*new_messages, response], "usage": usage_write(spent)}
+        # Channels are written only when they change: every write is stored.
+        if new_run or objective != state.get("objective"):  # audit's run_started reads it
+            result["objective"] = objective
+        if "budget_warnings" in update:
+            result["budget_warnings"] = Overwrite(warnings)
+        elif warnings:
+            result["budget_warnings"] = warnings
         if response.invalid_tool_calls:
             # The call happened and is paid for; its turn is kept for the record, then the run stops.
             bad = response.invalid_tool_calls[0]
