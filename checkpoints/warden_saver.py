@@ -14,8 +14,11 @@ replacing it. What it changes:
   sync at the end, which Postgres runs as one implicit transaction: a failure leaves
   nothing of the super-step behind (tested). An explicit BEGIN/COMMIT around it cost
   about 20% more CPU per write for no gain, so there is none.
-- Shorter channel versions (`get_next_version`): every checkpoint row lists a version
-  per channel and per node, so 52-character versions were half of each row.
+- Shorter channel versions (`get_next_version`, `compact_version`): every checkpoint
+  row lists a version per channel and per node, so 52-character versions were half of
+  each row.
+- Primitive channel values are stored once per change, as blobs, instead of inline in
+  every checkpoint row (`aput`).
 - The capabilities the stock saver lacks: `acopy_thread` (every checkpoint, blob and
   write of every namespace, so DeltaChannel history stays complete) and
   `adelete_for_runs` (the runs' checkpoints, their writes, and the blobs nothing else
@@ -25,13 +28,24 @@ replacing it. What it changes:
 from __future__ import annotations
 
 import secrets
+import string
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_serializable_checkpoint_metadata,
+)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from graph.errors import BadInput
@@ -88,6 +102,59 @@ WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
 """
 
 
+# Version digits in ASCII order, so compact versions compare as strings in counter order.
+DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
+# A compact version's first letter gives its counter's length: "a" one digit, "b" two, ...
+LENGTHS = string.ascii_lowercase
+TAG_DIGITS = 5  # 62**5: about 30 random bits, as many as the 8 hex digits before
+PRIMITIVES = (type(None), str, int, float, bool)
+STORED_APART = frozenset({"id", "updated_channels", "channel_values"})
+
+
+def _base62(number: int, width: int = 1) -> str:
+    digits = ""
+    while number or len(digits) < width:
+        number, digit = divmod(number, len(DIGITS))
+        digits = DIGITS[digit] + digits
+    return digits
+
+
+def compact_version(counter: int) -> str:
+    """Return a version: a length letter, the counter in base 62, a random tag.
+
+    E.g. "b1a" + "x7Kq2" for counter 98. Every channel and node of a checkpoint row
+    carries a version, so their length is a good part of the row: 8 characters at up
+    to 3843 super-steps instead of 19 (`0000000062.15f493aa`). Starting with a letter,
+    every compact version compares above the digit-led forms written before (Warden's
+    and the stock saver's), so a thread written by either continues in order, and
+    stays all strings (LangGraph compares and `max()`es versions; ints would not mix).
+    The random tag keeps the versions of two forks of a thread apart in
+    `checkpoint_blobs`, whose rows are keyed by version and inserted ON CONFLICT DO
+    NOTHING, as the stock random fraction does.
+    """
+    digits = _base62(counter)
+    return LENGTHS[len(digits) - 1] + digits + _base62(secrets.randbelow(62**TAG_DIGITS), TAG_DIGITS)
+
+
+def is_compact(version: Any) -> bool:
+    """Tell whether a version is in the compact form (written by this saver)."""
+    return isinstance(version, str) and version[:1] in LENGTHS and version[:1] != ""
+
+
+def version_counter(version: str | int) -> int:
+    """Return the counter of a version in any form: compact, Warden's older
+    `NNNNNNNNNN.xxxxxxxx`, the stock `{32 digits}.{16 digits}`, or a plain int."""
+    if isinstance(version, int):
+        return version
+    if is_compact(version):
+        length = LENGTHS.index(version[0]) + 1
+        counter = 0
+        for char in version[1 : 1 + length]:
+            counter = counter * len(DIGITS) + DIGITS.index(char)
+        return counter
+    return int(version.split(".")[0])
+
+
 class WardenSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver without the instance lock over a pool, with atomic pipelined
     writes, compact versions, `acopy_thread` and `adelete_for_runs`."""
@@ -100,22 +167,79 @@ class WardenSaver(AsyncPostgresSaver):
     """The wait is taken in slices; after a slice in which the pool failed to connect,
     the database is down, not busy, and the query fails at once (`PoolTimeout`)."""
 
-    def get_next_version(self, current: str | None, channel: None) -> str:
-        """Return `NNNNNNNNNN.xxxxxxxx`: the counter, zero-padded, and a random tag.
+    def get_next_version(self, current: str | int | None, channel: None) -> str:
+        """Return the next version in Warden's compact form (see `compact_version`)."""
+        return compact_version(1 if current is None else version_counter(current) + 1)
 
-        Versions are compared as strings, so the counter is padded; 10 digits outlast
-        any thread, and compare above the stock 32-digit form (all zeros there), so a
-        thread written by the stock saver continues correctly. The random tag keeps
-        the versions of two forks of a thread apart in `checkpoint_blobs`, as the
-        stock random fraction does.
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Save a checkpoint as the stock saver does, except where primitive values go.
+
+        The stock saver copies every `None`/str/int/float/bool value into each
+        checkpoint row: on a Warden thread a dozen values (run id, task, nonce, nulls)
+        repeated in every row. Here a primitive is stored once, as a blob, when its
+        version changes, if that version is compact (written by this saver, which
+        stores the blob with it). A value at an older version stays inline: the
+        thread was written before, and that value exists only inline in older rows.
         """
-        if current is None:
-            counter = 0
-        elif isinstance(current, int):
-            counter = current
-        else:
-            counter = int(current.split(".")[0])
-        return f"{counter + 1:010d}.{secrets.token_hex(4)}"
+        configurable = config["configurable"].copy()
+        thread_id = configurable.pop("thread_id")
+        checkpoint_ns = configurable.pop("checkpoint_ns")
+        checkpoint_id = configurable.pop("checkpoint_id", None)
+        inline: dict[str, Any] = {}
+        blob_values: dict[str, Any] = {}
+        versions = checkpoint["channel_versions"]
+        for k, v in checkpoint["channel_values"].items():
+            if isinstance(v, _DeltaSnapshot):
+                blob_values[k] = v
+                inline[k] = True  # the stock marker, which prune and history read
+            elif isinstance(v, PRIMITIVES) and not is_compact(versions.get(k)):
+                inline[k] = v
+            else:
+                blob_values[k] = v
+        # Stored without what the row or LangGraph already has: the id is the row's
+        # `checkpoint_id` (put back on load), and `updated_channels` only narrows which
+        # nodes the first step after a load checks (without it, all five are).
+        stored = {k: v for k, v in checkpoint.items() if k not in STORED_APART}
+        if inline:
+            stored["channel_values"] = inline
+        next_config: RunnableConfig = {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+        blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        async with self._cursor(pipeline=True) as cur:
+            if blob_versions:
+                await cur.executemany(
+                    self.UPSERT_CHECKPOINT_BLOBS_SQL,
+                    self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
+                )
+            await cur.execute(
+                self.UPSERT_CHECKPOINTS_SQL,
+                (
+                    thread_id,
+                    checkpoint_ns,
+                    checkpoint["id"],
+                    checkpoint_id,
+                    Jsonb(stored),
+                    Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                ),
+            )
+        return next_config
+
+    async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
+        """Load a row as the stock saver does, putting back the id `aput` left out."""
+        loaded = await super()._load_checkpoint_tuple(value)
+        loaded.checkpoint.setdefault("id", value["checkpoint_id"])
+        return loaded
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:

@@ -47,7 +47,7 @@ from graph.context import Context, context_from_json, run_context
 from graph.policy import Tier
 from graph.redaction import redact_obj
 from graph.routing import call_decision, pending_tool_calls
-from graph.state import State, empty_usage
+from graph.state import State, usage_spent
 from nodes.act import latest_decision
 
 Node = Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]
@@ -67,13 +67,6 @@ def _listed(value: Any) -> list[Any]:
     if isinstance(value, Overwrite):
         value = value.value
     return list(value or [])
-
-
-def _base_usage(state: Mapping[str, Any], update: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Return the usage a node's counters started from (zero when it started a run)."""
-    if "run_context" in update or state.get("usage") is None:
-        return empty_usage()
-    return state["usage"]
 
 
 def run_events(update: Mapping[str, Any], ctx: Context) -> list[Event]:
@@ -107,8 +100,8 @@ def model_events(
     turn = next((m for m in _listed(update.get("messages")) if isinstance(m, AIMessage)), None)
     if turn is None:
         return []
-    base, usage = _base_usage(state, update), update.get("usage") or {}
-    delta = {k: usage.get(k, 0) - base.get(k, 0) for k in USAGE_FIELDS}
+    spent = usage_spent(update.get("usage"))
+    delta = {k: spent.get(k, 0) for k in USAGE_FIELDS}
     events: list[Event] = [
         (
             "model_call",
@@ -247,7 +240,8 @@ def common_events(state: Mapping[str, Any], update: Mapping[str, Any]) -> list[E
     """Return the events any node can cause: loop detections, injection flags, warnings."""
     events: list[Event] = []
     loop, before = update.get("loop"), state.get("loop") or {}
-    if loop and loop.get("strikes", 0) > before.get("strikes", 0):
+    # A new run's reset comes as `Overwrite` and never adds a strike.
+    if isinstance(loop, Mapping) and loop.get("strikes", 0) > before.get("strikes", 0):
         events.append(("loop_detected", {"detail": loop.get("last"), "strikes": loop["strikes"]}))
     events += [("injection_flag", dict(flag)) for flag in _listed(update.get("flags"))]
     events += [("budget_warning", {"warning": w}) for w in _listed(update.get("budget_warnings"))]
@@ -265,7 +259,8 @@ def halt_events(update: Mapping[str, Any]) -> list[Event]:
                 "reason": update["halt_reason"],
                 "detail": update.get("halt_detail"),
                 "final_answer": update.get("final_answer"),
-                "usage": update.get("usage"),
+                # The counters as the run ended (the channel write is a delta).
+                "usage": (update.get("report") or {}).get("usage"),
             },
         )
     ]

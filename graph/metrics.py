@@ -23,6 +23,8 @@ from langgraph.errors import GraphInterrupt
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Metric
 from prometheus_client.registry import Collector
 
+from graph.state import usage_spent
+
 S = TypeVar("S")
 R = TypeVar("R")
 
@@ -93,13 +95,13 @@ class WardenMetrics:
         Label values are passed by position: prometheus_client's keyword form costs a
         validation per call, and this runs after every node.
         """
-        before = _usage_before(state)
-        after = update.get("usage")
-        # Only `plan` changes the per-model totals; other nodes pass the same dict on.
-        if isinstance(after, Mapping) and after.get("by_model") is not before.get("by_model"):
-            self._count_models(before.get("by_model") or {}, after.get("by_model") or {})
-            if after.get("model_calls", 0) > before.get("model_calls", 0):
-                self.prompt_tokens.observe(after.get("last_prompt_tokens", 0))
+        # A node writes what it added to usage (a new run: its counters from zero), so
+        # per-model totals are counted from the write alone; only `plan` adds to them.
+        spent = usage_spent(update.get("usage"))
+        if spent.get("by_model"):
+            self._count_models(spent["by_model"])
+            if spent.get("model_calls", 0) > 0:
+                self.prompt_tokens.observe(spent.get("last_prompt_tokens", 0))
         for message in _tool_messages(update.get("messages")):
             meta = message.response_metadata.get("warden", {})
             status = "refused" if meta.get("refused") else message.status
@@ -128,28 +130,15 @@ class WardenMetrics:
             for action in (value or {}).get("action_requests", []) if isinstance(value, dict) else []:
                 self.approvals_requested.labels(str(action.get("name", "unknown"))).inc()
 
-    def _count_models(
-        self, before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]
-    ) -> None:
-        for model, totals in after.items():
-            prior = before.get(model) or {}
-            calls = totals.get("calls", 0) - prior.get("calls", 0)
+    def _count_models(self, added: Mapping[str, Mapping[str, float]]) -> None:
+        for model, totals in added.items():
+            calls = totals.get("calls", 0)
             if calls <= 0:
                 continue
             self.model_calls.labels(model).inc(calls)
             for kind in ("input", "output"):
-                tokens = totals.get(f"{kind}_tokens", 0) - prior.get(f"{kind}_tokens", 0)
-                self.tokens.labels(model, kind).inc(max(tokens, 0))
-            self.cost.labels(model).inc(
-                max(totals.get("cost_usd", 0.0) - prior.get("cost_usd", 0.0), 0.0)
-            )
-
-
-def _usage_before(state: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Return the usage a node's update builds on: none when `plan` starts a new run."""
-    if state.get("halt_reason") is not None:
-        return {}
-    return state.get("usage") or {}
+                self.tokens.labels(model, kind).inc(max(totals.get(f"{kind}_tokens", 0), 0))
+            self.cost.labels(model).inc(max(totals.get("cost_usd", 0.0), 0.0))
 
 
 def _tool_messages(messages: Any) -> list[ToolMessage]:

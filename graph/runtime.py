@@ -33,7 +33,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.errors import is_invalid_resume
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, StateSnapshot
+from langgraph.types import Command, StateSnapshot, StreamMode
 from pydantic import BaseModel, ValidationError
 
 from checkpoints.cancels import consume_cancel, request_cancel
@@ -245,12 +245,27 @@ class Warden:
         run_id = traced["metadata"]["warden_run_id"]
         with self.tracing.scope(), log_fields(thread_id=thread_id, run_id=run_id):
             log.info("run started", extra={"model": ctx.model, "tenant": ctx.tenant})
-            async for chunk in graph.astream(
-                payload, traced, context=ctx, stream_mode="updates", durability="sync"
+            # Progress shows the counters after each node. A node's update carries only
+            # what it added to `usage`, so they are read from the state LangGraph streams
+            # after the step ("values"); nothing extra is streamed without progress.
+            modes: list[StreamMode] = ["updates", "values"] if self.progress else ["updates"]
+            steps: list[tuple[str, dict[str, Any]]] = []
+            async for mode, chunk in graph.astream(
+                payload, traced, context=ctx, stream_mode=modes, durability="sync"
             ):
-                for node, update in chunk.items():
-                    if self.progress and node != "__interrupt__" and isinstance(update, dict):
-                        self.progress(node, update, ctx)
+                if self.progress is None or not isinstance(chunk, dict):
+                    continue
+                if mode == "updates":
+                    steps += [
+                        (node, update)
+                        for node, update in chunk.items()
+                        if node != "__interrupt__" and isinstance(update, dict)
+                    ]
+                    continue
+                for node, update in steps:
+                    shown = update | {"usage": chunk.get("usage")} if "usage" in update else update
+                    self.progress(node, shown, ctx)
+                steps = []
             outcome = self._outcome(thread_id, await graph.aget_state(config), ctx)
             log.info(
                 "run stopped",

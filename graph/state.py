@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, NotRequired, cast
 from langchain_core.messages import AnyMessage, BaseMessage, RemoveMessage
 from langgraph.channels import DeltaChannel
 from langgraph.graph.message import Messages, add_messages
+from langgraph.types import Overwrite
 from typing_extensions import TypedDict
 
 HaltReason = Literal[
@@ -129,9 +130,13 @@ def _summed(current: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
-    """Add a partial usage delta to the counters, returning a new dict."""
-    base: dict[str, Any] = dict(current or empty_usage())
+def merge_usage(current: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply a usage delta to `current` (counters or another delta), returning a new dict.
+
+    Counters add up, `last_*` sizes take the newer value and `peak_prompt_tokens` the
+    larger one, so applying two deltas in turn equals applying their merge.
+    """
+    base = dict(current)
     for key, value in delta.items():
         if key in ("last_input_tokens", "last_prompt_tokens"):
             base[key] = value
@@ -141,7 +146,46 @@ def add_usage(current: Usage | None, delta: Mapping[str, Any]) -> Usage:
             base[key] = _summed(base.get(key) or {}, value)
         else:
             base[key] = base.get(key, 0) + value
-    return base  # type: ignore[return-value]
+    return base
+
+
+def add_usage(current: Mapping[str, Any] | None, delta: Mapping[str, Any]) -> Usage:
+    """Add a partial usage delta to the counters (zero ones if none), returning a new dict."""
+    return merge_usage(current or empty_usage(), delta)  # type: ignore[return-value]
+
+
+def add_usage_batch(current: Usage, deltas: Sequence[Mapping[str, Any]]) -> Usage:
+    """Fold a batch of usage deltas into the counters (the `usage` channel's reducer).
+
+    Nodes write what they added, not the whole counters: a whole copy per super-step
+    was most of what a run stored besides its messages. A left fold is
+    batching-invariant, as `DeltaChannel` requires.
+    """
+    for delta in deltas:
+        current = add_usage(current, delta)
+    return current
+
+
+def usage_after(before: Mapping[str, Any] | None, written: Any) -> Usage:
+    """Return the counters after a node's `usage` write: a delta, or an `Overwrite`
+    with the whole counters when the node started a new run."""
+    if isinstance(written, Overwrite):
+        return cast(Usage, written.value)
+    return add_usage(before, written or {})
+
+
+def usage_spent(written: Any) -> Mapping[str, Any]:
+    """Return what a node's `usage` write added (a new run's `Overwrite` starts from zero)."""
+    if isinstance(written, Overwrite):
+        return cast(Mapping[str, Any], written.value)
+    return cast(Mapping[str, Any], written or {})
+
+
+# Updates between full snapshots of `usage` (about three per tool call) and `loop`
+# (about one). A snapshot stores the whole value (~0.5 KB); a load replays at most
+# this many small deltas since the last one.
+USAGE_SNAPSHOT_EVERY = 100
+LOOP_SNAPSHOT_EVERY = 100
 
 
 class LoopState(TypedDict):
@@ -162,6 +206,45 @@ class LoopState(TypedDict):
 def empty_loop_state() -> LoopState:
     """Return a loop state with nothing seen yet."""
     return LoopState(calls=[], errors=[], observations=[], strikes=0, last=None)
+
+
+class LoopUpdate(TypedDict, total=False):
+    """What a node changes in the loop state: `loop` is a delta channel of these."""
+
+    calls: list[str]
+    """Call fingerprints to append to the window."""
+    errors: list[str]
+    """Error fingerprints to append."""
+    observations: list[str]
+    """Result fingerprints to append."""
+    keep: int
+    """Window size: after appending, each window keeps its newest `keep` items."""
+    strikes: int
+    """New strike count."""
+    last: str | None
+    """New description of the latest detection."""
+
+
+WINDOWS = ("calls", "errors", "observations")
+
+
+def add_loop_batch(current: LoopState, updates: Sequence[LoopUpdate]) -> LoopState:
+    """Fold loop updates into the state (the `loop` channel's reducer).
+
+    Each update carries only the fingerprints it appends, not the windows: a left fold,
+    so batching-invariant, and trimming to the newest `keep` after each append equals
+    trimming once after all of them.
+    """
+    state: dict[str, Any] = {**empty_loop_state(), **current}
+    for update in cast(Sequence[Mapping[str, Any]], updates):
+        keep = update.get("keep")
+        for name in WINDOWS:
+            added = update.get(name) or []
+            if added or keep is not None:
+                window = [*state[name], *added]
+                state[name] = window[max(len(window) - keep, 0) :] if keep is not None else window
+        state |= {name: update[name] for name in ("strikes", "last") if name in update}
+    return cast(LoopState, state)
 
 
 class StopSignal(TypedDict):
@@ -225,10 +308,12 @@ class State(TypedDict):
     """Input slot for a new task; `plan` moves it into `messages` and clears it."""
     objective: str
     """The current run's task text (the latest human instruction)."""
-    usage: Usage
-    """Counters for the current run."""
-    loop: LoopState
-    """Loop detector windows and strikes."""
+    usage: Annotated[Usage, DeltaChannel(add_usage_batch, snapshot_frequency=USAGE_SNAPSHOT_EVERY)]
+    """Counters for the current run. Nodes write deltas (`add_usage_batch`); a new run
+    writes `Overwrite(counters)`."""
+    loop: Annotated[LoopState, DeltaChannel(add_loop_batch, snapshot_frequency=LOOP_SNAPSHOT_EVERY)]
+    """Loop detector windows and strikes. Nodes write `LoopUpdate`s; a new run writes
+    `Overwrite(empty_loop_state())`."""
     approvals: Annotated[list[ApprovalRecord], operator.add]
     """Every human decision on this thread, in order."""
     budget_warnings: Annotated[list[str], operator.add]

@@ -37,10 +37,16 @@ class NodeClock:
         self.started = time.perf_counter()
         self.node = current_node()
 
-    def usage(self, base: Usage | None, **delta: Any) -> Usage:
-        """Return `base` usage with this node's step, time and `delta` added."""
+    def delta(self, **delta: Any) -> dict[str, Any]:
+        """Return this node's step and time so far, with `delta`: what it adds to usage."""
         elapsed = time.perf_counter() - self.started
         timing: dict[str, Any] = {"active_seconds": elapsed}
         if self.node is not None:
             timing["node_seconds"] = {self.node: elapsed}
-        return add_usage(base, {"steps": 1, **timing, **delta})
+        return {"steps": 1, **timing, **delta}
+
+    def usage(self, base: Usage | None, **delta: Any) -> tuple[Usage, dict[str, Any]]:
+        """Return `base` usage with this node's step, time and `delta` added, and the
+        delta itself (what the node writes to the `usage` channel)."""
+        added = self.delta(**delta)
+        return add_usage(base, added), added

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 from checkpoints.db import current_pool
 from graph.context import Context, run_context, running_under
 from graph.hitl import first_error
-from graph.loops import args_hash, call_fingerprint, push
+from graph.loops import args_hash, call_fingerprint
 from graph.routing import call_decision, pending_tool_calls, proposed_loop
-from graph.state import ApprovalRecord, InDoubtRecord, State
+from graph.state import ApprovalRecord, InDoubtRecord, LoopUpdate, State
 from nodes.accounting import NodeClock
 from nodes.exactly_once import run_once
 from nodes.results import tool_message
@@ -140,20 +140,15 @@ def make_act_node(
                 f"Not executed: loop detected ({loop}). Repeating it will not give new "
                 "information. Change your approach or give your final answer."
             )
-            window = state["loop"]
             return {
                 "messages": [tool_message(c, note, status="error", refused="loop") for c in batch],
-                "loop": {
-                    **window,
-                    "calls": push(
-                        window["calls"],
-                        [call_fingerprint(c["name"], c["args"]) for c in batch],
-                        ctx.loop_window,
-                    ),
-                    "strikes": window["strikes"] + 1,
-                    "last": loop,
-                },
-                "usage": clock.usage(state["usage"]),
+                "loop": LoopUpdate(
+                    calls=[call_fingerprint(c["name"], c["args"]) for c in batch],
+                    keep=ctx.loop_window,
+                    strikes=state["loop"]["strikes"] + 1,
+                    last=loop,
+                ),
+                "usage": clock.delta(),
             }
         policy = ctx.policy
         results: list[ToolMessage] = []
@@ -233,11 +228,10 @@ def make_act_node(
             # Hold every result back until a human decides on the calls in doubt: those
             # that ran are in the ledger and replay (uncounted until then) on the next pass,
             # so the batch reaches `observe` once, whole.
-            return {"in_doubt": doubts, "usage": clock.usage(state["usage"])}
+            return {"in_doubt": doubts, "usage": clock.delta()}
         return {
             "messages": results,
-            "usage": clock.usage(
-                state["usage"],
+            "usage": clock.delta(
                 tool_calls=sum(counted.values()),
                 tool_calls_by_name=counted,
                 tool_seconds=tool_seconds,

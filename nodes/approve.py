@@ -116,8 +116,8 @@ def make_approve_node(
                         response_metadata={"warden": {"responded_by": answer.reviewer}},
                     )
                 )
-        usage = clock.usage(state["usage"], rejections=rejections)
-        update: dict[str, Any] = {"approvals": records, "messages": messages, "usage": usage}
+        usage, spent = clock.usage(state["usage"], rejections=rejections)
+        update: dict[str, Any] = {"approvals": records, "messages": messages, "usage": spent}
         if rejections and usage["rejections"] >= ctx.max_rejections:
             update["stop"] = StopSignal(
                 reason="rejected",

@@ -41,7 +41,7 @@ def make_halt_node(
         if verdict.reason == "completed":
             last = state["messages"][-1]
             final = last.text if isinstance(last, AIMessage) else None
-        usage = clock.usage(state.get("usage"))
+        usage, spent = clock.usage(state.get("usage"))
         report = {
             "halt_reason": verdict.reason,
             "halt_detail": verdict.detail,
@@ -59,7 +59,7 @@ def make_halt_node(
             "halt_reason": verdict.reason,
             "halt_detail": verdict.detail,
             "final_answer": final,
-            "usage": usage,
+            "usage": spent,
             "stop": None,
             "report": report,
         }

@@ -11,7 +11,7 @@ from graph.context import Context, run_context
 from graph.injection import flag_record, scan
 from graph.loops import call_fingerprint, fingerprint, push, repeated
 from graph.routing import pending_tool_calls, soft_warnings, undecided_doubts
-from graph.state import LoopState, State
+from graph.state import LoopState, LoopUpdate, State
 from nodes.accounting import NodeClock
 from nodes.plan import WARDEN_NAME
 from tools.memory import memory_write_flags
@@ -71,28 +71,31 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if any(c["id"] in doubts for c in pending_tool_calls(state["messages"])):
         # `act` held the batch back for a human decision on a call in doubt; the batch
         # is observed once, after it has run.
-        return {"usage": clock.usage(state["usage"])}
+        return {"usage": clock.delta()}
     turn, results = latest_batch(state)
     loop: LoopState = dict(state["loop"])  # type: ignore[assignment]
+    # What this node appends to the loop windows; the channel keeps the whole windows.
+    added = LoopUpdate()
     update: dict[str, Any] = {}
     refused_for_loop = any(
         r.response_metadata.get("warden", {}).get("refused") == "loop" for r in results
     )
     if turn is not None and not refused_for_loop:
         answered = {r.tool_call_id for r in results}
-        loop["calls"] = push(
-            loop["calls"],
-            [call_fingerprint(c["name"], c["args"]) for c in turn.tool_calls if c["id"] in answered],
-            ctx.loop_window,
-        )
+        calls = [call_fingerprint(c["name"], c["args"]) for c in turn.tool_calls if c["id"] in answered]
         errors = [fingerprint("error", r.name, r.text) for r in results if r.status == "error"]
         seen = [fingerprint("observation", r.name, r.text) for r in results if r.status != "error"]
+        loop["calls"] = push(loop["calls"], calls, ctx.loop_window)
         loop["errors"], error_loop = _push_checked(
             loop["errors"], errors, ctx.loop_window, ctx.loop_error_repeats
         )
         loop["observations"], same_loop = _push_checked(
             loop["observations"], seen, ctx.loop_window, ctx.loop_observation_repeats
         )
+        pushed = {"calls": calls, "errors": errors, "observations": seen}
+        added = LoopUpdate(**{k: v for k, v in pushed.items() if v})  # type: ignore[typeddict-item]
+        if added:
+            added["keep"] = ctx.loop_window
         found = (
             "the same tool error repeated" if error_loop
             else "the same tool result repeated with no new information" if same_loop
@@ -101,6 +104,7 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if found:
             loop["strikes"] += 1
             loop["last"] = found
+            added |= {"strikes": loop["strikes"], "last": found}
             if loop["strikes"] == 1:
                 update["messages"] = [
                     HumanMessage(
@@ -117,9 +121,10 @@ async def observe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         # Once a run has seen instruction-like data it stays tainted (plan clears it
         # at the next run): routing then sends every side-effecting call to a human.
         update |= {"tainted": True, "flags": flags}
-    usage = clock.usage(state["usage"])
-    return update | {
-        "loop": loop,
-        "usage": usage,
-        "budget_warnings": soft_warnings(usage, ctx, state.get("budget_warnings") or []),
-    }
+    usage, spent = clock.usage(state["usage"])
+    if added:
+        update["loop"] = added
+    # Channels are written only when they change: every write is stored.
+    if warnings := soft_warnings(usage, ctx, state.get("budget_warnings") or []):
+        update["budget_warnings"] = warnings
+    return update | {"usage": spent}

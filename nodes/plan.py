@@ -27,7 +27,15 @@ from graph.injection import flag_record, sanitize_task
 from graph.pricing import cost_usd, lookup_price
 from graph.ratelimit import RateLimitExceedsBudget, limiter_for
 from graph.routing import soft_warnings
-from graph.state import State, StopSignal, Usage, add_usage, empty_loop_state, empty_usage
+from graph.state import (
+    State,
+    StopSignal,
+    Usage,
+    add_usage,
+    empty_loop_state,
+    empty_usage,
+    merge_usage,
+)
 from nodes.accounting import NodeClock
 from nodes.context_window import ContextOverflowError, build_prompt, render_tool_message
 from nodes.spending import Refusal, hold_spend, metered
@@ -130,8 +138,14 @@ def make_plan_node(
         new_messages: list[AnyMessage] = []
         previous = state.get("usage")
         warnings_seen = list(state.get("budget_warnings") or [])
-        new_run = previous is None or state.get("halt_reason") is not None
-        usage: Usage = empty_usage() if previous is None or new_run else previous
+        new_run = not previous or state.get("halt_reason") is not None
+        # A DeltaChannel reads as `{}` before its first write: that thread has had no run.
+        usage: Usage = empty_usage() if new_run or previous is None else previous
+
+        def usage_write(spent: dict[str, Any]) -> Any:
+            # Usage is written as a delta; a new run's counters replace the last run's.
+            return Overwrite(add_usage(empty_usage(), spent)) if new_run else spent
+
         if new_run:
             ctx = runtime.context or Context()
             if locked_policy is not None:
@@ -147,7 +161,7 @@ def make_plan_node(
                 "run_id": str(uuid.uuid4()),
                 "data_nonce": secrets.token_hex(8),
                 "tainted": False,
-                "loop": empty_loop_state(),
+                "loop": Overwrite(empty_loop_state()),
                 "stop": None,
                 "halt_reason": None,
                 "halt_detail": None,
@@ -165,11 +179,13 @@ def make_plan_node(
                 update["flags"] = task_flags
         objective = latest_instruction(history)
 
+        spent_on_window: dict[str, Any] = {}  # the summary model's usage, once a prompt is built
+
         def stopped(reason: str, detail: str) -> dict[str, Any]:
             return update | {
                 "messages": new_messages,
                 "objective": objective or "",
-                "usage": clock.usage(usage),
+                "usage": usage_write(merge_usage(spent_on_window, clock.delta())),
                 "stop": StopSignal(reason=reason, detail=detail),  # type: ignore[typeddict-item]
             }
 
@@ -213,7 +229,8 @@ def make_plan_node(
         except ContextOverflowError as exc:
             return stopped("error", f"context: {exc}")
         prompt = window.messages
-        usage = add_usage(usage, window.usage)
+        spent_on_window = dict(window.usage)
+        usage = add_usage(usage, spent_on_window)
         if window.summary is not None:
             update["summaries"] = [window.summary]
         context_warnings = [
@@ -288,8 +305,7 @@ def make_plan_node(
         )
         price = lookup_price(model_name, ctx.price_table)
         cost = cost_usd(price, input_tokens, output_tokens)
-        new_usage = clock.usage(
-            usage,
+        step = clock.delta(
             model_calls=1,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -307,17 +323,21 @@ def make_plan_node(
             last_prompt_tokens=window.tokens,
             peak_prompt_tokens=window.tokens,
         )
+        spent = merge_usage(spent_on_window, step)
+        new_usage = add_usage(empty_usage() if new_run else previous, spent)
         if hold is not None:
             await hold.settle(new_usage["cost_usd"] - usage["cost_usd"])
         warnings = [*context_warnings, *soft_warnings(new_usage, ctx, warnings_seen)]
         if price is None and not any(w.startswith("price:") for w in warnings_seen):
             warnings.append(f"price: no price for model {model_name!r}; its cost counts as 0")
-        result = update | {
-            "messages": [*new_messages, response],
-            "objective": objective,
-            "usage": new_usage,
-            "budget_warnings": warnings if "budget_warnings" not in update else Overwrite(warnings),
-        }
+        result = update | {"messages": [*new_messages, response], "usage": usage_write(spent)}
+        # Channels are written only when they change: every write is stored.
+        if new_run or objective != state.get("objective"):  # audit's run_started reads it
+            result["objective"] = objective
+        if "budget_warnings" in update:
+            result["budget_warnings"] = Overwrite(warnings)
+        elif warnings:
+            result["budget_warnings"] = warnings
         if response.invalid_tool_calls:
             # The call happened and is paid for; its turn is kept for the record, then the run stops.
             bad = response.invalid_tool_calls[0]

@@ -301,6 +301,10 @@ def test_run_without_json_prints_progress_and_summary(
     assert result.code == 0, str(result)
     assert "completed" in result.out and "finished" in result.out
     assert "model calls" in result.err  # progress lines go to stderr
+    # Each line shows the run's totals after that node (nodes write usage deltas).
+    lines = {line.split()[0]: line for line in result.err.splitlines() if " step " in line}
+    assert "model calls 2/" in lines["halt"] and "tool calls 1/" in lines["halt"]
+    assert "step   5 " in lines["halt"]
 
 
 def test_budget_halt_exits_3(cli: Cli, write_script, workspace: Path) -> None:

@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.types import Command
 from psycopg.types.json import Jsonb
 
-from checkpoints.warden_saver import WardenSaver
+from checkpoints.warden_saver import WardenSaver, is_compact, version_counter
 from graph.builder import build_graph, compile_graph
 from graph.context import Context
 from graph.errors import BadInput
@@ -174,5 +175,95 @@ async def test_continues_a_thread_the_stock_saver_wrote(
     latest = await saver.aget_tuple(config(thread))
     assert latest is not None
     versions = latest.checkpoint["channel_versions"]
-    assert len(versions["messages"]) == 19  # compact: 10 digits, a dot, 8 hex
+    assert is_compact(versions["messages"]) and len(versions["messages"]) <= 8
     assert any(len(v) > 19 for v in versions.values())  # untouched channels keep stock ones
+    # Primitives the stock saver wrote stay inline, where only they are; the ones Warden
+    # wrote since are blobs, stored once per change.
+
+
+async def test_resumes_a_run_the_stock_saver_paused(
+    saver: WardenSaver, workspace: Path, outbox: Path
+) -> None:
+    """A run paused under stock versions, whose primitives exist only inline, resumes:
+    values not written since stay inline in the new rows and read back unchanged."""
+    email = {"to": "ops@example.com", "subject": "s", "body": "b"}
+    model = ScriptedChatModel.from_turns([turn("mailing", call("send_email", **email)), turn("sent")])
+    tools = default_tools(workspace, outbox)
+    thread = str(uuid.uuid4())
+    stock = compile_graph(build_graph(model=model, tools=tools), AsyncPostgresSaver(saver.conn))
+    paused = await stock.ainvoke({"task": "mail"}, config(thread), context=Context(), durability="sync")
+    assert "__interrupt__" in paused
+
+    warden = compile_graph(build_graph(model=model, tools=tools), saver)
+    done = await warden.ainvoke(
+        Command(resume={"decisions": [{"type": "approve"}], "reviewer": "alice"}),
+        config(thread), context=Context(), durability="sync",
+    )
+    assert done["halt_reason"] == "completed" and done["final_answer"] == "sent"
+    assert (done["run_id"], done["data_nonce"]) == (paused["run_id"], paused["data_nonce"])
+    assert done["usage"]["model_calls"] == 2 and done["usage"]["tool_calls"] == 1
+    assert len(list(outbox.iterdir())) == 1
+    latest = await saver.aget_tuple(config(thread))
+    assert latest is not None
+    versions = latest.checkpoint["channel_versions"]
+    assert not is_compact(versions["run_id"]) and is_compact(versions["messages"])
+    async with saver.conn.connection() as conn:
+        cur = await conn.execute(
+            "SELECT checkpoint -> 'channel_values' AS inline FROM checkpoints "
+            "WHERE thread_id = %s ORDER BY checkpoint_id DESC LIMIT 1",
+            (thread,),
+        )
+        row = await cur.fetchone()
+    assert row is not None and row["inline"]["run_id"] == paused["run_id"]
+    assert "final_answer" not in row["inline"]  # written by Warden: a blob
+
+
+async def test_forks_of_one_checkpoint_keep_their_own_values(
+    saver: WardenSaver, workspace: Path, outbox: Path
+) -> None:
+    """Two branches from one checkpoint write the same step: each reads its own values."""
+    app, thread = await run_thread(saver, workspace, outbox, reads=1)
+    history = [s async for s in app.aget_state_history(config(thread))]
+    at = next(s for s in history if s.next == ("act",))
+    branches = {}
+    for text in ("branch A", "branch B"):
+        forked = await app.aupdate_state(at.config, {"objective": text}, as_node="act")
+        branches[text] = forked
+    versions = set()
+    for text, forked in branches.items():
+        state = await app.aget_state(forked)
+        assert state.values["objective"] == text
+        assert state.values["usage"] == at.values["usage"]
+        stored = await saver.aget_tuple(forked)
+        assert stored is not None
+        versions.add(stored.checkpoint["channel_versions"]["objective"])
+    assert len(versions) == 2 and len({version_counter(v) for v in versions}) == 1
+
+
+async def test_primitives_are_stored_once_per_change(
+    saver: WardenSaver, database_url: str, workspace: Path, outbox: Path
+) -> None:
+    """A Warden thread's rows carry no inline values, only delta snapshot markers, nor
+    what the row holds anyway; each primitive is one blob per version, and the thread
+    reads back whole."""
+    app, thread = await run_thread(saver, workspace, outbox, reads=2)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT checkpoint_id, checkpoint FROM checkpoints WHERE thread_id = %s", (thread,)
+        )
+        rows = await cur.fetchall()
+        inline = [row[1].get("channel_values", {}) for row in rows]
+        cur = await conn.execute(
+            "SELECT count(*) FROM checkpoint_blobs WHERE thread_id = %s AND channel = 'run_id'",
+            (thread,),
+        )
+        run_id_blobs = (await cur.fetchone() or [0])[0]
+    assert inline and all(set(values.values()) <= {True} for values in inline)
+    assert run_id_blobs == 1
+    # Neither the id (the row's key) nor `updated_channels` is stored in the row.
+    assert not any({"id", "updated_channels"} & set(row[1]) for row in rows)
+    latest = await saver.aget_tuple(config(thread))
+    assert latest is not None and latest.checkpoint["id"] == max(row[0] for row in rows)
+    state = await app.aget_state(config(thread))
+    assert state.values["run_id"] and state.values["objective"] == "read it"
+    assert state.values["halt_reason"] == "completed" and state.values["tainted"] is False

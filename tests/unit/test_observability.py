@@ -44,7 +44,7 @@ def test_run_profile_reads_usage_checkpointed_before_the_timing_fields() -> None
 
 
 def test_node_clock_outside_a_graph_counts_no_node() -> None:
-    usage = NodeClock().usage(None)
+    usage, _ = NodeClock().usage(None)
     assert usage["steps"] == 1 and usage["node_seconds"] == {}
 
 
