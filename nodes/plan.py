@@ -285,21 +285,18 @@ def make_plan_node(
         meta = response.usage_metadata
         input_tokens = meta["input_tokens"] if meta else window.tokens
         output_tokens = meta["output_tokens"] if meta else estimate_tokens([response])
+        # The prompt's size is kept with the turn it produced: a per-step record for audits.
+        warden_meta: dict[str, Any] = {"prompt_tokens": window.tokens}
         if limiter is not None:
             limiter.settle(estimated, input_tokens + output_tokens)
-            response = response.model_copy(
-                update={
-                    "response_metadata": {
-                        **response.response_metadata,
-                        "warden": {"rate_limit_wait_s": round(waited, 3)},
-                    }
-                }
-            )
-        # The prompt's size is kept with the turn it produced: a per-step record for audits.
-        warden_meta = {**(response.response_metadata.get("warden") or {}), "prompt_tokens": window.tokens}
-        response = response.model_copy(
-            update={"response_metadata": {**response.response_metadata, "warden": warden_meta}}
-        )
+            warden_meta["rate_limit_wait_s"] = round(waited, 3)
+        # The response is this call's own new message: its metadata is updated in place
+        # rather than through `model_copy`, which copies the message (and its field set)
+        # for every turn of every run.
+        response.response_metadata = {
+            **response.response_metadata,
+            "warden": {**(response.response_metadata.get("warden") or {}), **warden_meta},
+        }
         model_name = str(
             response.response_metadata.get("model_name") or ctx.model or "unknown"
         )
