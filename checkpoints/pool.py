@@ -2,13 +2,68 @@
 
 from __future__ import annotations
 
+import select
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from time import monotonic
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+
+FRESH_SECONDS = 2.0
+"""How long after a checkout a connection is trusted again without a query."""
+
+
+class RecentlyUsedCheck:
+    """The pool's `check` callback: ask the server only about connections that sat idle.
+
+    psycopg_pool's stock `check_connection` sends an empty query on every checkout: a
+    round trip per checkout, ~15 per tool call. What it protects against is a pooled
+    connection whose server session is gone (database restarted, backend terminated).
+    Such a session's socket has the server's FATAL message or end-of-file waiting on
+    it, which a zero-timeout `select` sees with no round trip; so a connection handed
+    out less than `fresh_for` seconds ago is given out again unless libpq already marks
+    it bad or its socket is readable. Anything older gets the stock empty query.
+
+    The trade-off: a session that dies without the server saying so (a network
+    partition, a host that vanished) within `fresh_for` seconds of the last checkout is
+    found by the caller's query, which fails with an OperationalError as it would have
+    if the session died just after a check; the stock check would have caught that
+    one. Losing a connection is then reported, not hidden, and the pool replaces it.
+
+    The time kept is that of the last checkout, not of the return (which would need a
+    `reset` callback, and psycopg_pool returns connections through a worker task when
+    one is set): a connection in use for longer than `fresh_for` is checked again.
+    """
+
+    def __init__(self, fresh_for: float = FRESH_SECONDS) -> None:
+        self.fresh_for = fresh_for
+        self._handed_out: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, conn: AsyncConnection[Any]) -> None:
+        """Return quietly if the connection is usable; raise if it is not."""
+        now = monotonic()
+        last = self._handed_out.get(conn)
+        if last is None or now - last >= self.fresh_for or not _looks_alive(conn):
+            await AsyncConnectionPool.check_connection(conn)
+        self._handed_out[conn] = now
+
+
+def _looks_alive(conn: AsyncConnection[Any]) -> bool:
+    """Tell, without a round trip, that nothing says the session is gone."""
+    pgconn = conn.pgconn
+    if conn.closed or pgconn.status != ConnStatus.OK:
+        return False
+    # An idle session has nothing to read; anything there (a FATAL notice, EOF) needs the
+    # real check, which reads it and fails if the session ended.
+    readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    return not readable
 
 
 @asynccontextmanager
@@ -35,7 +90,7 @@ async def open_pool(
         min_size=min_size,
         max_size=max_size,
         kwargs=kwargs,
-        check=AsyncConnectionPool.check_connection,
+        check=RecentlyUsedCheck(),
         max_idle=300,
         max_lifetime=1800,
         timeout=connect_timeout,
