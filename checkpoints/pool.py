@@ -14,6 +14,8 @@ from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.cancels import unwatch_cancels, watch_cancels
+
 FRESH_SECONDS = 2.0
 """How long after a checkout a connection is trusted again without a query."""
 
@@ -75,7 +77,8 @@ async def open_pool(
     prepare_threshold: int | None = 5,
     connect_timeout: float = 10.0,
 ) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
-    """Open a health-checked pool: autocommit, dict rows, recycled connections.
+    """Open a health-checked pool: autocommit, dict rows, recycled connections, and a
+    cancel watch.
 
     `prepare_threshold=None` disables server-side prepared statements, which
     transaction-mode PgBouncer requires.
@@ -97,7 +100,9 @@ async def open_pool(
         open=False,
     )
     await pool.open(wait=True, timeout=connect_timeout)
+    watch_cancels(pool)  # listens from the first cancel check on (checkpoints.cancels)
     try:
         yield pool
     finally:
+        await unwatch_cancels(pool)
         await pool.close()
