@@ -4,9 +4,10 @@ Appending is one transaction per batch, and each batch links to the head the pre
 one left: usually one round trip that inserts only if the head this process last left
 is still the head (UNIQUE (thread_id, seq) settles races), else a transaction that
 takes an advisory lock on the thread first, so concurrent writers of one thread (two
-workers, a retry racing the original) queue behind each other. The table's trigger refuses UPDATE, DELETE and TRUNCATE; `purge_audit` is the
-one sanctioned delete (the retention job), and it records what it removed. A purged
-thread's chain continues from the head it recorded, so later events still link up.
+workers, a retry racing the original) queue behind each other. The table's trigger
+refuses UPDATE, DELETE and TRUNCATE; `purge_audit` is the one sanctioned delete (the
+retention job), and it records what it removed. A purged thread's chain continues
+from the head it recorded, so later events still link up.
 """
 
 from __future__ import annotations
