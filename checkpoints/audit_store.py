@@ -149,10 +149,6 @@ def _chain(
     return params, Base(seq, prev)
 
 
-class _HeadMoved(Exception):
-    """Internal: the head changed under an append; roll it back and try again."""
-
-
 async def _append_fast(conn: AsyncConnection[DictRow], params: dict[str, Any]) -> bool:
     """Append onto an expected head in one round trip (one implicit transaction);
     False if the head moved or a racing writer took the seq."""
@@ -194,17 +190,19 @@ async def append_events(
                 _remember_head(pool, thread_id, new_head)
                 return new_head.seq
         for _ in range(MAX_APPEND_ATTEMPTS):
+            inserted = None
             try:
-                async with conn.transaction():
+                # Two round trips: BEGIN, lock and head read; then the insert and COMMIT.
+                async with conn.pipeline(), conn.transaction():
                     await conn.execute(LOCK_AND_RELAX_SQL, (thread_id,))
                     head = await _head(conn, thread_id)
                     params, new_head = _chain(head, thread_id, run_id, node, at, events)
                     if events:
-                        cur = await conn.execute(APPEND_IF_HEAD_SQL, params)
-                        if cur.rowcount != len(events):
-                            raise _HeadMoved
-            except (errors.UniqueViolation, _HeadMoved):
+                        inserted = await conn.execute(APPEND_IF_HEAD_SQL, params)
+            except errors.UniqueViolation:
                 continue  # a lock-free append got in first
+            if inserted is not None and inserted.rowcount != len(events):
+                continue  # the head moved (nothing was inserted)
             _remember_head(pool, thread_id, new_head)
             return new_head.seq
     _remember_head(pool, thread_id, None)
