@@ -8,10 +8,13 @@ is stored only while some process holds the thread's lock.
 Storing a request also sends a NOTIFY, so a process need not ask the database at every
 boundary: a pool opened by `open_pool` has a `CancelWatch` that LISTENs on its own
 connection. Once a thread has been checked in the database while the watch was
-listening, later checks of that thread only look at what the watch has heard; they go
-back to the database when a notification for the thread came in, when one may be
-waiting unread on the socket, and whenever the watch is not listening (not started
-yet, or its connection lost: it reconnects, and every thread is checked afresh).
+listening, later checks (and the consume at `halt`) only look at what the watch has
+heard; they go back to the database when a notification for the thread came in, when
+the last check found a request, when one may be waiting unread on the socket, and
+whenever the watch is not listening (not started yet, or its connection lost: it
+reconnects, and every thread is checked afresh). A request committed just before a
+check whose NOTIFY has not reached the socket yet is seen at the next boundary, as a
+request committed just after a database check would be.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import select
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypedDict
 
 from psycopg import AsyncConnection
@@ -37,6 +40,17 @@ WATCHED_THREADS = 10_000
 """Threads per watch whose last database check it remembers."""
 RECONNECT_SECONDS = (0.5, 30.0)
 """First and longest wait before a lost watch connection is opened again."""
+
+
+class CancelRequest(TypedDict):
+    """A pending request to stop a thread's run."""
+
+    requested_by: str
+    reason: str
+
+
+Lookup = Callable[[Pool, str], Awaitable[CancelRequest | None]]
+"""Read or consume a thread's request in the database."""
 
 
 def channel_key(thread_id: str) -> str:
@@ -119,15 +133,17 @@ class CancelWatch:
         if key in self._checked:
             self._heard.add(key)
 
-    async def pending(self, thread_id: str) -> CancelRequest | None:
-        """Return the thread's pending request, asking the database only when needed."""
+    async def lookup(self, thread_id: str, in_db: Lookup) -> CancelRequest | None:
+        """Run `in_db` (read or consume the thread's request) only if a request may exist."""
         key = channel_key(thread_id)
         generation = self._live()
         if generation is not None and self._checked.get(key) == generation and key not in self._heard:
             return None
         self._heard.discard(key)  # a notification arriving from here on adds it back
-        request = await _pending_in_db(self.pool, thread_id)
+        request = await in_db(self.pool, thread_id)
         if generation is not None:
+            if request is not None and in_db is _pending_in_db:
+                self._heard.add(key)  # still stored: the next lookup must ask again
             self._checked[key] = generation
             self._checked.move_to_end(key)
             while len(self._checked) > WATCHED_THREADS:
@@ -150,13 +166,6 @@ async def unwatch_cancels(pool: Pool) -> None:
     watch = _watches.pop(pool, None)
     if watch is not None:
         await watch.stop()
-
-
-class CancelRequest(TypedDict):
-    """A pending request to stop a thread's run."""
-
-    requested_by: str
-    reason: str
 
 
 async def request_cancel(pool: Pool, thread_id: str, *, requested_by: str, reason: str) -> None:
@@ -193,11 +202,22 @@ async def _one_request(pool: Pool, sql: str, thread_id: str) -> CancelRequest | 
 async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
     """Return the thread's pending cancel request, if any: from the pool's cancel watch
     when it can tell, else with one indexed lookup."""
+    return await _lookup(pool, thread_id, _pending_in_db)
+
+
+async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
+    """Delete the thread's pending request and return it: the run has honoured it.
+
+    Without a round trip when the pool's cancel watch can tell there is none."""
+    return await _lookup(pool, thread_id, _consume_in_db)
+
+
+async def _lookup(pool: Pool, thread_id: str, in_db: Lookup) -> CancelRequest | None:
     watch = _watches.get(pool)
     if watch is None:
-        return await _pending_in_db(pool, thread_id)
+        return await in_db(pool, thread_id)
     watch.start()
-    return await watch.pending(thread_id)
+    return await watch.lookup(thread_id, in_db)
 
 
 async def _pending_in_db(pool: Pool, thread_id: str) -> CancelRequest | None:
@@ -208,8 +228,7 @@ async def _pending_in_db(pool: Pool, thread_id: str) -> CancelRequest | None:
     )
 
 
-async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
-    """Delete the thread's pending request and return it: the run has honoured it."""
+async def _consume_in_db(pool: Pool, thread_id: str) -> CancelRequest | None:
     return await _one_request(
         pool,
         "DELETE FROM warden_cancel_requests WHERE thread_id = %s RETURNING requested_by, reason",

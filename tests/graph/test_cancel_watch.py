@@ -16,6 +16,7 @@ from checkpoints.cancels import (
     CHANNEL,
     CancelWatch,
     channel_key,
+    consume_cancel,
     pending_cancel,
     request_cancel,
     watch_cancels,
@@ -62,6 +63,34 @@ async def test_a_checked_thread_is_not_asked_again_until_a_notify(database_url: 
         assert await pending_cancel(pool, "quiet") is None  # not asked: nothing was notified
         await sql(database_url, "SELECT pg_notify(%s, %s)", CHANNEL, channel_key("quiet"))
         assert await eventually_pending(pool, "quiet") == {"requested_by": "ann", "reason": "x"}
+
+
+async def stored(url: str, thread_id: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT count(*) FROM warden_cancel_requests WHERE thread_id = %s", (thread_id,)
+            )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_consuming_asks_the_database_only_when_a_request_may_exist(
+    database_url: str,
+) -> None:
+    async with open_pool(database_url) as pool:
+        await listening(pool)
+        assert await consume_cancel(pool, "eat") is None  # asked once, while listening
+        await sql(database_url, STORE_SILENTLY, "eat")
+        assert await consume_cancel(pool, "eat") is None  # not asked: nothing was notified
+        assert await stored(database_url, "eat") == 1
+        await sql(database_url, "SELECT pg_notify(%s, %s)", CHANNEL, channel_key("eat"))
+        assert await eventually_pending(pool, "eat") is not None
+        # Found (and still stored): the consume that follows must ask, and delete it.
+        assert await consume_cancel(pool, "eat") == {"requested_by": "ann", "reason": "x"}
+        assert await stored(database_url, "eat") == 0
+        assert await pending_cancel(pool, "eat") is None
 
 
 async def test_a_request_from_another_process_is_notified(database_url: str) -> None:
