@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import select
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +30,7 @@ from typing import TypedDict
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 
-from checkpoints.db import Pool
+from checkpoints.db import Pool, has_unread_input
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +122,8 @@ class CancelWatch:
         conn, generation = self._conn, self.generation
         if conn is None or generation is None or conn.closed:
             return None
-        # Bytes on the socket may be a notification the watch task has not read yet.
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        return None if readable else generation
+        # Input on the socket may be a notification the watch task has not read yet.
+        return None if has_unread_input(conn) else generation
 
     def heard(self, thread_id: str) -> None:
         """Note a request for the thread (this process stored it, or a NOTIFY came)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import select
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from checkpoints.cancels import unwatch_cancels, watch_cancels
+from checkpoints.db import has_unread_input
 
 FRESH_SECONDS = 2.0
 """How long after a checkout a connection is trusted again without a query."""
@@ -27,15 +27,16 @@ class RecentlyUsedCheck:
     round trip per checkout, ~15 per tool call. What it protects against is a pooled
     connection whose server session is gone (database restarted, backend terminated).
     Such a session's socket has the server's FATAL message or end-of-file waiting on
-    it, which a zero-timeout `select` sees with no round trip; so a connection handed
+    it, which a zero-timeout `poll` sees with no round trip; so a connection handed
     out less than `fresh_for` seconds ago is given out again unless libpq already marks
     it bad or its socket is readable. Anything older gets the stock empty query.
 
-    The trade-off: a session that dies without the server saying so (a network
-    partition, a host that vanished) within `fresh_for` seconds of the last checkout is
-    found by the caller's query, which fails with an OperationalError as it would have
-    if the session died just after a check; the stock check would have caught that
-    one. Losing a connection is then reported, not hidden, and the pool replaces it.
+    The trade-off: a session that dies without the server saying so yet (a network
+    partition, a vanished host, or a backend signalled to terminate a moment ago whose
+    notice is still on its way) within `fresh_for` seconds of the last checkout is found
+    by the caller's query instead, which fails with an OperationalError, as it would if
+    the session had died just after a stock check. The failure is reported, not
+    hidden, and the pool replaces the connection.
 
     The time kept is that of the last checkout, not of the return (which would need a
     `reset` callback, and psycopg_pool returns connections through a worker task when
@@ -62,10 +63,9 @@ def _looks_alive(conn: AsyncConnection[Any]) -> bool:
     pgconn = conn.pgconn
     if conn.closed or pgconn.status != ConnStatus.OK:
         return False
-    # An idle session has nothing to read; anything there (a FATAL notice, EOF) needs the
-    # real check, which reads it and fails if the session ended.
-    readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    return not readable
+    # Anything to read (a FATAL notice, EOF) needs the real check, which reads it and
+    # fails if the session ended.
+    return not has_unread_input(conn)
 
 
 @asynccontextmanager
