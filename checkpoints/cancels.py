@@ -39,6 +39,8 @@ WATCHED_THREADS = 10_000
 """Threads per watch whose last database check it remembers."""
 RECONNECT_SECONDS = (0.5, 30.0)
 """First and longest wait before a lost watch connection is opened again."""
+UNCHECKED = 0
+"""The generation recorded for a thread whose database check is under way (never live)."""
 
 
 class CancelRequest(TypedDict):
@@ -137,15 +139,19 @@ class CancelWatch:
         generation = self._live()
         if generation is not None and self._checked.get(key) == generation and key not in self._heard:
             return None
-        self._heard.discard(key)  # a notification arriving from here on adds it back
+        self._heard.discard(key)
+        if generation is not None:
+            # Heard from now on: a request committed after the query's snapshot is
+            # notified while the query runs. Not yet checked (UNCHECKED) until it returns.
+            self._checked[key] = UNCHECKED
+            self._checked.move_to_end(key)
+            while len(self._checked) > WATCHED_THREADS:
+                self._heard.discard(self._checked.popitem(last=False)[0])
         request = await in_db(self.pool, thread_id)
         if generation is not None:
             if request is not None and in_db is _pending_in_db:
                 self._heard.add(key)  # still stored: the next lookup must ask again
             self._checked[key] = generation
-            self._checked.move_to_end(key)
-            while len(self._checked) > WATCHED_THREADS:
-                self._heard.discard(self._checked.popitem(last=False)[0])
         return request
 
 

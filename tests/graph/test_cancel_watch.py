@@ -130,3 +130,19 @@ async def test_without_its_listening_connection_every_check_asks_the_database(
         assert watch.generation == 2
         # A new generation checks every thread afresh.
         assert await pending_cancel(pool, "lost") == {"requested_by": "ann", "reason": "x"}
+
+
+async def test_a_request_notified_during_the_first_check_is_not_lost(database_url: str) -> None:
+    """The first database check of a thread misses a request committed after its snapshot;
+    that request's NOTIFY, arriving while the check runs, must still count."""
+    async with open_pool(database_url) as pool:
+        watch = await listening(pool)
+
+        async def snapshot_before_the_request(pool: Pool, thread_id: str) -> None:
+            await sql(database_url, STORE_SILENTLY, thread_id)
+            await sql(database_url, "SELECT pg_notify(%s, %s)", CHANNEL, channel_key(thread_id))
+            await asyncio.sleep(0.2)  # let the watch read the NOTIFY before this returns
+            return None  # as if read before the request committed
+
+        assert await watch.lookup("racy", snapshot_before_the_request) is None
+        assert await pending_cancel(pool, "racy") == {"requested_by": "ann", "reason": "x"}
