@@ -117,10 +117,10 @@ async def record_outcome(
 ) -> bool:
     """Record how the claimed attempt ended; False if the claim was lost meanwhile."""
     # The outcome's commit need not wait for its WAL flush (the claim's did, before the
-    # side effect). The act step's checkpoint, written next, commits synchronously and
-    # flushes this WAL too; only a database crash before that loses the outcome, and
-    # then the checkpoint as well: on resume the call is in doubt (reconciled, run again
-    # if idempotent, or put to a human), never run twice. This saves an fsync per call.
+    # side effect). The next synchronous commit (the act step's checkpoint) flushes this
+    # WAL too; only a database crash before one loses the outcome, and then that
+    # checkpoint as well: on resume the call is in doubt (reconciled, run again if
+    # idempotent, or put to a human), never run twice. This saves an fsync per call.
     async with pool.connection() as conn, conn.pipeline():  # one round trip
         await conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
         cur = await conn.execute(
