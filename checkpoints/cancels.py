@@ -133,8 +133,10 @@ class CancelWatch:
         if key in self._checked:
             self._heard.add(key)
 
-    async def lookup(self, thread_id: str, in_db: Lookup) -> CancelRequest | None:
-        """Run `in_db` (read or consume the thread's request) only if a request may exist."""
+    async def lookup(
+        self, thread_id: str, in_db: Lookup, *, consumes: bool = False
+    ) -> CancelRequest | None:
+        """Run `in_db` (read the thread's request, or consume it) only if one may exist."""
         key = channel_key(thread_id)
         generation = self._live()
         if generation is not None and self._checked.get(key) == generation and key not in self._heard:
@@ -149,7 +151,7 @@ class CancelWatch:
                 self._heard.discard(self._checked.popitem(last=False)[0])
         request = await in_db(self.pool, thread_id)
         if generation is not None:
-            if request is not None and in_db is _pending_in_db:
+            if request is not None and not consumes:
                 self._heard.add(key)  # still stored: the next lookup must ask again
             self._checked[key] = generation
         return request
@@ -206,22 +208,24 @@ async def _one_request(pool: Pool, sql: str, thread_id: str) -> CancelRequest | 
 async def pending_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
     """Return the thread's pending cancel request, if any: from the pool's cancel watch
     when it can tell, else with one indexed lookup."""
-    return await _lookup(pool, thread_id, _pending_in_db)
+    return await _lookup(pool, thread_id, _pending_in_db, consumes=False)
 
 
 async def consume_cancel(pool: Pool, thread_id: str) -> CancelRequest | None:
     """Delete the thread's pending request and return it: the run has honoured it.
 
     Without a round trip when the pool's cancel watch can tell there is none."""
-    return await _lookup(pool, thread_id, _consume_in_db)
+    return await _lookup(pool, thread_id, _consume_in_db, consumes=True)
 
 
-async def _lookup(pool: Pool, thread_id: str, in_db: Lookup) -> CancelRequest | None:
+async def _lookup(
+    pool: Pool, thread_id: str, in_db: Lookup, *, consumes: bool
+) -> CancelRequest | None:
     watch = _watches.get(pool)
     if watch is None:
         return await in_db(pool, thread_id)
     watch.start()
-    return await watch.lookup(thread_id, in_db)
+    return await watch.lookup(thread_id, in_db, consumes=consumes)
 
 
 async def _pending_in_db(pool: Pool, thread_id: str) -> CancelRequest | None:
