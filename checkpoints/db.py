@@ -15,6 +15,7 @@ callers fall back to in-process behaviour.
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -43,3 +44,14 @@ def current_pool() -> Pool | None:
     except RuntimeError:
         return None
     return pool_of(config)
+
+
+def has_unread_input(conn: AsyncConnection[Any]) -> bool:
+    """Tell, without a round trip, whether the server sent something not read yet.
+
+    An idle session has nothing to say; input there is a FATAL notice or end-of-file
+    (the session ended) or a notification. `poll`, unlike `select`, takes any fd number.
+    """
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))

@@ -4,11 +4,10 @@ A run's own `max_cost` cannot stop ten workers from spending ten times a tenant'
 money; these caps can, because they live in Postgres. Before each model call a run
 reserves the call's estimated cost; the reservation succeeds only if, for the
 current UTC day and month, reserved + spent + estimate stays within the tenant's cap.
-The check and the increment are one `INSERT ... ON CONFLICT DO UPDATE ... WHERE`, which
-locks the tenant's period row and checks the condition on its latest committed value,
-so concurrent reservers for one tenant queue on that row, while other tenants' rows
-are never touched. After
-the call the reservation is settled: released, and the actual cost added.
+The check and the increment are one statement, run after a per-tenant transaction lock
+in the same round trip, so concurrent reservers for one tenant queue on that lock and
+each checks the latest committed totals, while other tenants are never waited for.
+After the call the reservation is settled: released, and the actual cost added.
 
 Every tenant's spend is tracked, capped or not, so a cap set mid-month counts what
 was already spent. Each reservation is also a row (with its thread), so one whose
@@ -30,7 +29,6 @@ from psycopg.rows import DictRow
 from checkpoints.db import Pool
 
 Period = Literal["day", "month"]
-PERIODS: tuple[Period, ...] = ("day", "month")  # also the row-lock order: no deadlocks
 # Amounts are numeric in Postgres; 1e-10 USD keeps sums exact at any realistic price.
 QUANTUM = Decimal("0.0000000001")
 
@@ -82,23 +80,46 @@ class Refusal:
         )
 
 
-# Hold `amount` in both periods at once. A period's row is created holding it if the
-# amount fits under the cap; an existing row (locked by ON CONFLICT, read at its latest
-# committed version) takes it only if reserved + spent + amount still fits. A period
-# that refuses returns no row. Rows are visited day then month: one lock order.
-RESERVE_SQL = """
-INSERT INTO warden_spend AS s (tenant, period, period_start, reserved_usd)
-SELECT %(tenant)s, p.period, p.start, %(amount)s
-FROM (VALUES ('day', %(day)s::date), ('month', %(month)s::date)) AS p(period, start)
-WHERE %(amount)s <= coalesce(
-    (SELECT c.cap_usd FROM warden_spend_caps c
-     WHERE c.tenant = %(tenant)s AND c.period = p.period), 'Infinity'::numeric)
-ON CONFLICT (tenant, period, period_start) DO UPDATE
-SET reserved_usd = s.reserved_usd + EXCLUDED.reserved_usd
-WHERE s.reserved_usd + s.spent_usd + EXCLUDED.reserved_usd <= coalesce(
-    (SELECT c.cap_usd FROM warden_spend_caps c
-     WHERE c.tenant = s.tenant AND c.period = s.period), 'Infinity'::numeric)
-RETURNING s.period
+# Hold `amount` in both periods at once, or in neither. Run after the tenant's lock
+# (TENANT_LOCK_SQL, same transaction): every other change to the tenant's rows waits for
+# that lock, so this statement's snapshot, taken after it, reads the latest committed
+# totals, and checking the caps before writing is exact. The first period (day before
+# month) whose reserved + spent + amount would cross its cap is returned as the refusal,
+# and then nothing is written; else both period rows take the amount and the
+# reservation row is inserted.
+HOLD_SQL = """
+WITH p(period, start) AS (VALUES ('day', %(day)s::date), ('month', %(month)s::date)),
+usage AS (
+    SELECT p.period, p.start, coalesce(s.reserved_usd + s.spent_usd, 0) AS used, c.cap_usd AS cap
+    FROM p
+    LEFT JOIN warden_spend s
+        ON s.tenant = %(tenant)s AND s.period = p.period AND s.period_start = p.start
+    LEFT JOIN warden_spend_caps c ON c.tenant = %(tenant)s AND c.period = p.period
+),
+refused AS (
+    SELECT period, used, cap FROM usage
+    WHERE cap IS NOT NULL AND used + %(amount)s > cap
+    ORDER BY period = 'month' LIMIT 1
+),
+held AS (
+    INSERT INTO warden_spend AS s (tenant, period, period_start, reserved_usd)
+    SELECT %(tenant)s, period, start, %(amount)s FROM usage
+    WHERE NOT EXISTS (SELECT 1 FROM refused)
+    ORDER BY period = 'month'
+    ON CONFLICT (tenant, period, period_start) DO UPDATE
+    SET reserved_usd = s.reserved_usd + EXCLUDED.reserved_usd
+    RETURNING 1
+),
+reservation AS (
+    INSERT INTO warden_spend_reservations
+        (id, thread_id, tenant, day_start, month_start, amount_usd)
+    SELECT %(id)s, %(thread)s, %(tenant)s, %(day)s, %(month)s, %(amount)s
+    WHERE NOT EXISTS (SELECT 1 FROM refused)
+    RETURNING 1
+)
+SELECT r.period, r.used, r.cap,
+       (SELECT count(*) FROM held) + (SELECT count(*) FROM reservation) AS written
+FROM (SELECT 1) AS one LEFT JOIN refused AS r ON true
 """
 
 # Every change to a tenant's spend rows first takes this transaction lock. Reserve locks
@@ -123,64 +144,29 @@ WHERE s.tenant = held.tenant
 """
 
 
-class _Refused(Exception):
-    """Internal: aborts the reservation transaction, carrying the refusal."""
-
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.detail)
-        self.refusal = refusal
-
-
-async def _hold(
-    pool: Pool, *, tenant: str, thread_id: str, estimate: float, now: datetime | None
-) -> Reservation:
-    """Hold `estimate` USD of the tenant's day and month caps, or raise `_Refused`."""
-    amount = usd(estimate)
-    starts = period_starts(now or datetime.now(UTC))
-    params = {"tenant": tenant, "day": starts["day"], "month": starts["month"], "amount": amount}
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(TENANT_LOCK_SQL, (tenant,))
-        rows = await (await conn.execute(RESERVE_SQL, params)).fetchall()
-        held = {r["period"] for r in rows}
-        for period in PERIODS:
-            if period not in held:
-                # Raising rolls back the other period's hold with the transaction.
-                raise _Refused(await _refusal(conn, tenant, period, starts[period], amount))
-        reservation = Reservation(uuid.uuid4(), tenant, starts, amount)
-        await conn.execute(
-            "INSERT INTO warden_spend_reservations "
-            "(id, thread_id, tenant, day_start, month_start, amount_usd) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (reservation.id, thread_id, tenant, starts["day"], starts["month"], amount),
-        )
-        return reservation
-
-
 async def reserve(
     pool: Pool, *, tenant: str, thread_id: str, estimate: float, now: datetime | None = None
 ) -> Reservation | Refusal:
-    """Hold `estimate` USD of the tenant's day and month caps, or say which cap refuses."""
-    try:
-        return await _hold(pool, tenant=tenant, thread_id=thread_id, estimate=estimate, now=now)
-    except _Refused as exc:
-        return exc.refusal
+    """Hold `estimate` USD of the tenant's day and month caps, or say which cap refuses.
 
-
-async def _refusal(
-    conn: AsyncConnection[DictRow], tenant: str, period: Period, start: date, amount: Decimal
-) -> Refusal:
-    row = await (
-        await conn.execute(
-            "SELECT coalesce(s.reserved_usd + s.spent_usd, 0) AS used, c.cap_usd AS cap "
-            "FROM warden_spend_caps c LEFT JOIN warden_spend s "
-            "ON s.tenant = c.tenant AND s.period = c.period AND s.period_start = %s "
-            "WHERE c.tenant = %s AND c.period = %s",
-            (start, tenant, period),
-        )
-    ).fetchone()
-    # Only a cap refuses; one deleted meanwhile reads as 0.
-    cap, used = (row["cap"], row["used"]) if row else (Decimal(0), Decimal(0))
-    return Refusal(tenant, period, cap, used, amount)
+    One round trip: the tenant's lock and HOLD_SQL go as one pipeline, which Postgres
+    runs as one implicit transaction (the lock is released when it commits).
+    """
+    amount = usd(estimate)
+    starts = period_starts(now or datetime.now(UTC))
+    reservation = Reservation(uuid.uuid4(), tenant, starts, amount)
+    params = {
+        "tenant": tenant, "day": starts["day"], "month": starts["month"], "amount": amount,
+        "id": reservation.id, "thread": thread_id,
+    }  # fmt: skip
+    async with pool.connection() as conn:
+        async with conn.pipeline():
+            await conn.execute(TENANT_LOCK_SQL, (tenant,))
+            cur = await conn.execute(HOLD_SQL, params)
+        row = await cur.fetchone()
+    if row is None or row["period"] is None:
+        return reservation
+    return Refusal(tenant, row["period"], row["cap"], row["used"], amount)
 
 
 async def settle(pool: Pool, reservation: Reservation, actual: float) -> None:
@@ -189,7 +175,7 @@ async def settle(pool: Pool, reservation: Reservation, actual: float) -> None:
     A reservation already released (by `release_stale`, or pruned with its thread) is
     left alone, so settling twice counts once.
     """
-    async with pool.connection() as conn, conn.transaction():
+    async with pool.connection() as conn, conn.pipeline():  # one round trip, one transaction
         await conn.execute(TENANT_LOCK_SQL, (reservation.tenant,))
         await conn.execute(SETTLE_SQL, {"id": reservation.id, "actual": usd(actual)})
 

@@ -12,8 +12,9 @@
 - the arguments must hash-match the ones the call was first claimed with: an
   idempotency key never covers a different call.
 
-Without a Postgres pool (`InMemorySaver` tests, the no-checkpointer benchmark) the call
-simply runs, as before the ledger existed.
+Read-tier tools (no side effects) run without the ledger, under their key. Without a
+Postgres pool (`InMemorySaver` tests, the no-checkpointer benchmark) every call simply
+runs, as before the ledger existed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from langchain_core.messages import ToolCall, ToolMessage
 
 from checkpoints.db import Pool
-from checkpoints.ledger import LedgerEntry, claim, record_outcome, take_over
+from checkpoints.ledger import LedgerEntry, claim, ledger_key, record_outcome, take_over
 from graph.loops import args_hash
 from graph.state import InDoubtRecord
 from nodes.results import tool_message
@@ -104,8 +105,14 @@ async def run_once(
     """
     if pool is None or thread_id is None:
         return await run()
-    digest = args_hash(args)
     ids = {"thread_id": thread_id, "turn_id": turn_id, "tool_call_id": str(call["id"])}
+    if spec.tier == "read":
+        # A read-tier tool has no side effect to run twice, so it skips the ledger's two
+        # round trips: after a crash it simply reads again (its earlier result never
+        # reached a checkpoint, so the model never saw it). It still gets its key.
+        with idempotency_key(ledger_key(**ids)):
+            return await run()
+    digest = args_hash(args)
     won, entry = await claim(pool, **ids, tool=spec.name, args_hash=digest)
     if entry.args_hash != digest:
         return tool_message(

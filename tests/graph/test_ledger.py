@@ -59,6 +59,10 @@ def effect_tools(log: Path, outbox: Path) -> list[ToolSpec]:
         """Note a label (not idempotent, but it can be checked afterwards)."""
         return append(f"note {label}")
 
+    def peek(label: str) -> str:
+        """Look at a label (read-only)."""
+        return append(f"peek {label}")
+
     def launch(label: str) -> str:
         """Launch something irreversible; it takes a moment."""
         time.sleep(0.5)
@@ -74,6 +78,7 @@ def effect_tools(log: Path, outbox: Path) -> list[ToolSpec]:
         as_spec(touch, tier="write", idempotent=True),
         ToolSpec(tool=as_spec(note).tool, tier="write", reconcile=noted),
         as_spec(launch, tier="irreversible"),
+        as_spec(peek, tier="read"),
         outbox_email_tool(outbox),
     ]
 
@@ -175,6 +180,22 @@ async def test_every_call_is_claimed_and_recorded_under_its_key(saver, tmp_path:
     assert entry.result is not None and entry.result["content"] == message.text
     assert entry.finished_at is not None
     assert lines(thread.log) == ["stamp a"]
+
+
+async def test_a_read_tier_call_runs_under_its_key_without_a_ledger_row(
+    saver, tmp_path: Path
+) -> None:
+    """A read has no effect to repeat, so it skips the ledger's two round trips; a crash
+    before its checkpoint means it simply runs again."""
+    thread = Thread(saver, tmp_path, one_call("peek"))
+    await thread.until_act("peek a")
+    await thread.plant("call_1_1", "peek", {"label": "a"})  # in doubt, for any other tier
+    key = await thread.key("call_1_1")
+    [message] = results(await thread.invoke(None))
+    assert message.text == f"peek a done under key {key}"
+    assert lines(thread.log) == ["peek a"]
+    [entry] = await ledger_entries(thread.pool, thread.thread_id)
+    assert entry.status == "started"  # the planted row, untouched: no claim was made
 
 
 async def test_a_finished_call_is_replayed_not_run(saver, tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ async def test_reserve_refuse_settle(database_url: str) -> None:
         next_day = NOON.replace(day=15)
         monthly = await reserve(pool, tenant="t-basic", thread_id="c", estimate=0.5, now=next_day)
         assert isinstance(monthly, Refusal) and monthly.period == "month"
+        assert (monthly.cap, monthly.used) == (Decimal("1.2"), Decimal("0.8"))
+        # The day had room, yet holds nothing: a refusal writes no row at all.
+        assert ("day", "2026-03-15") not in totals(database_url, "t-basic")
         # A new month starts afresh.
         assert isinstance(
             await reserve(pool, tenant="t-basic", thread_id="c", estimate=0.8, now=NEXT_MONTH),

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from checkpoints.audit_chain import event_hash, verify_chain
+from checkpoints.audit_chain import Base, event_hash, verify_chain
 from checkpoints.audit_store import append_events, purge_audit, read_events
 from checkpoints.pool import open_pool
 from tests.conftest import call, turn
@@ -417,23 +417,79 @@ def test_purge_deletes_under_the_retention_setting_and_records_it(
 def test_concurrent_appends_keep_one_chain(database_url: str) -> None:
     async def write() -> list[dict[str, Any]]:
         async with open_pool(database_url, max_size=8) as pool:
-            await asyncio.gather(
-                *(
-                    append_events(
-                        pool, thread_id="concurrent", run_id=f"r{i}", node="act",
-                        events=[("tool_result", {"i": i, "j": j}) for j in range(3)],
+            # The second round starts from a head the pool remembers: all 16 try the
+            # one-round-trip append onto it at once, and all but one must fall back.
+            for rnd in range(2):
+                await asyncio.gather(
+                    *(
+                        append_events(
+                            pool, thread_id="concurrent", run_id=f"r{rnd}-{i}", node="act",
+                            events=[("tool_result", {"i": i, "j": j}) for j in range(3)],
+                        )
+                        for i in range(16)
                     )
-                    for i in range(16)
                 )
-            )
             return await read_events(pool, "concurrent")
 
     events = asyncio.run(write())
-    assert [e["seq"] for e in events] == list(range(1, 49))
+    assert [e["seq"] for e in events] == list(range(1, 97))
     assert verify_chain(events) is None
-    for i in range(16):  # each batch stays contiguous
-        seqs = [e["seq"] for e in events if e["run_id"] == f"r{i}"]
+    for run in {e["run_id"] for e in events}:  # each batch stays contiguous
+        seqs = [e["seq"] for e in events if e["run_id"] == run]
         assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+
+def test_appends_from_two_pools_and_a_purge_keep_one_chain(database_url: str) -> None:
+    """Each pool remembers the head its last append left; another pool's appends and a
+    purge make that guess stale, and the chain must still link up."""
+    thread = "two-pools"
+
+    async def one(pool: Any, run: str) -> int:
+        return await append_events(
+            pool, thread_id=thread, run_id=run, node="act",
+            events=[("tool_result", {"run": run, "j": j}) for j in range(2)],
+        )  # fmt: skip
+
+    async def write() -> list[int]:
+        async with open_pool(database_url) as a, open_pool(database_url) as b:
+            seqs = [await one(a, "a1"), await one(a, "a2"), await one(b, "b1"), await one(a, "a3")]
+            async with b.connection() as conn:
+                await purge_audit(conn, [thread], by="test")
+            seqs += [await one(b, "b2"), await one(a, "a4"), await one(a, "a5")]
+            return seqs
+
+    assert asyncio.run(write()) == [2, 4, 6, 8, 10, 12, 14]
+    with psycopg.connect(database_url) as conn:
+        head = conn.execute(
+            "SELECT head_seq, head_hash FROM warden_audit_retention WHERE thread_id = %s", (thread,)
+        ).fetchone()
+    assert head is not None and head[0] == 8
+    events = rows(database_url, thread)
+    assert [e["seq"] for e in events] == list(range(9, 15))
+    assert events[0]["prev_hash"] == head[1]
+    assert verify_chain(events, base=Base(head[0], head[1])) is None
+
+
+def test_an_append_onto_its_own_last_head_takes_no_lock(database_url: str) -> None:
+    """The usual append (the same process appended last) is one round trip: it does
+    not wait for the thread's advisory lock, which another session holds here."""
+    thread = "lock-free"
+
+    async def write() -> int:
+        async with open_pool(database_url) as pool:
+            await append_events(pool, thread_id=thread, run_id="r", node="plan", events=[("a", {})])
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+                await other.execute(
+                    "SELECT pg_advisory_lock(hashtextextended('warden-audit:' || %s, 0))", (thread,)
+                )
+                # A safety net against hanging the suite, not a timing assertion.
+                return await asyncio.wait_for(
+                    append_events(pool, thread_id=thread, run_id="r", node="act", events=[("b", {})]),
+                    timeout=60,
+                )
+
+    assert asyncio.run(write()) == 2
+    assert verify_chain(rows(database_url, thread)) is None
 
 
 def test_awkward_values_hash_the_same_after_a_round_trip_through_jsonb(database_url: str) -> None:

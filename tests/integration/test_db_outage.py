@@ -285,11 +285,16 @@ async def _select_one(pool: Any) -> int:
 
 
 async def _terminate_others(url: str, application_name: str) -> int:
-    """Terminate the sessions of our own pool (by application_name) on our own server."""
+    """Terminate the sessions of our own pool (by application_name) on our own server.
+
+    Waits until they have ended: the pool trusts a connection it handed out moments
+    ago unless its socket already shows the session's end (checkpoints.pool), and a
+    session signalled but not yet gone shows nothing.
+    """
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
         rows = await (
             await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                 "WHERE application_name = %s AND pid <> pg_backend_pid()",
                 (application_name,),
             )
