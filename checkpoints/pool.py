@@ -11,7 +11,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.pq import ConnStatus
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from checkpoints.cancels import unwatch_cancels, watch_cancels
 from checkpoints.db import has_unread_input
@@ -68,6 +68,50 @@ def _looks_alive(conn: AsyncConnection[Any]) -> bool:
     return not has_unread_input(conn)
 
 
+class WardenPool(AsyncConnectionPool[AsyncConnection[DictRow]]):
+    """A pool whose callers wait long for a busy pool but fail fast when the database is gone.
+
+    psycopg_pool has one `timeout` for both, and neither value fits: hundreds of runs
+    on a small pool queue for connections for many seconds (they queued as long for
+    the stock saver's lock, which has no limit), while a dead database should fail a
+    run at once. A wait without an explicit timeout is taken in slices: it fails after
+    a slice in which connecting failed and no caller handed back a working connection
+    (the database is down, not busy), else it goes on for up to `busy_timeout`.
+    psycopg_pool exposes no such policy, hence this subclass.
+    """
+
+    busy_timeout: float = 120.0
+    wait_slice: float = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.healthy_returns = 0
+        """Connections handed back in a working state: a busy pool that is alive."""
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:  # noqa: ASYNC109 (the pool API)
+        if timeout is not None:
+            return await super().getconn(timeout)
+        waited = 0.0
+        while True:
+            errors = self.get_stats().get("connections_errors", 0)
+            returns = self.healthy_returns
+            try:
+                return await super().getconn(self.wait_slice)
+            except PoolTimeout:
+                waited += self.wait_slice
+                down = (
+                    self.get_stats().get("connections_errors", 0) > errors
+                    and self.healthy_returns == returns
+                )
+                if down or waited >= self.busy_timeout:
+                    raise
+
+    async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
+        if not conn.closed and conn.pgconn.status == ConnStatus.OK:
+            self.healthy_returns += 1
+        await super().putconn(conn)
+
+
 @asynccontextmanager
 async def open_pool(
     url: str,
@@ -76,7 +120,7 @@ async def open_pool(
     max_size: int = 10,
     prepare_threshold: int | None = 5,
     connect_timeout: float = 10.0,
-) -> AsyncIterator[AsyncConnectionPool[AsyncConnection[DictRow]]]:
+) -> AsyncIterator[WardenPool]:
     """Open a health-checked pool: autocommit, dict rows, recycled connections, and a
     cancel watch.
 
@@ -88,7 +132,7 @@ async def open_pool(
         "row_factory": dict_row,
         "prepare_threshold": prepare_threshold,
     }
-    pool: AsyncConnectionPool[AsyncConnection[DictRow]] = AsyncConnectionPool(
+    pool = WardenPool(
         url,
         min_size=min_size,
         max_size=max_size,

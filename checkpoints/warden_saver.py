@@ -48,6 +48,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from checkpoints.pool import WardenPool
 from graph.errors import BadInput
 
 COPY_THREAD_SQL = (
@@ -264,18 +265,22 @@ class WardenSaver(AsyncPostgresSaver):
         self, pool: AsyncConnectionPool[Any]
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """Take a pool connection as `pool.connection()` does, waiting long only while
-        the pool is busy: a slice with new connection errors means the database is gone."""
-        waited = 0.0
-        while True:
-            errors = pool.get_stats().get("connections_errors", 0)
-            try:
-                conn = await pool.getconn(timeout=self.checkout_slice)
-                break
-            except PoolTimeout:
-                waited += self.checkout_slice
-                failing = pool.get_stats().get("connections_errors", 0) > errors
-                if failing or waited >= self.checkout_timeout:
-                    raise
+        the pool is busy (`checkpoints.pool.WardenPool` says how). A pool that is not
+        Warden's gets the same policy from here."""
+        if isinstance(pool, WardenPool):
+            conn = await pool.getconn()
+        else:
+            waited = 0.0
+            while True:
+                errors = pool.get_stats().get("connections_errors", 0)
+                try:
+                    conn = await pool.getconn(timeout=self.checkout_slice)
+                    break
+                except PoolTimeout:
+                    waited += self.checkout_slice
+                    failing = pool.get_stats().get("connections_errors", 0) > errors
+                    if failing or waited >= self.checkout_timeout:
+                        raise
         try:
             async with conn:
                 yield conn
