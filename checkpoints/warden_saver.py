@@ -35,6 +35,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
@@ -104,6 +105,41 @@ WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
 
 
 # Version digits in ASCII order, so compact versions compare as strings in counter order.
+# A super-step's rows go in as one statement each (arrays unnested server-side), not one
+# statement per row: psycopg's per-statement work in pipeline mode was the largest CPU
+# cost of checkpointing many concurrent runs. One statement is atomic without a
+# pipeline or transaction. The blobs ride in a data-modifying CTE of the checkpoint
+# insert, which Postgres runs whether or not the main query reads it.
+PUT_CHECKPOINT_SQL = """
+WITH blobs AS (
+    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT %(thread_id)s, %(ns)s, b.channel, b.version, b.type, b.blob
+    FROM unnest(%(channels)s::text[], %(versions)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+        AS b(channel, version, type, blob)
+    ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+)
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
+VALUES (%(thread_id)s, %(ns)s, %(checkpoint_id)s, %(parent_id)s, %(checkpoint)s, %(metadata)s)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
+DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+"""
+
+PUT_WRITES_SQL = """
+INSERT INTO checkpoint_writes
+    (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+SELECT %(thread_id)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s,
+       w.idx, w.channel, w.type, w.blob
+FROM unnest(%(idx)s::int[], %(channels)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+    AS w(idx, channel, type, blob)
+ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO {action}
+"""
+# As the stock saver: special writes (errors, interrupts, resumes) replace an earlier
+# one at their fixed index; ordinary writes are never overwritten.
+UPSERT_WRITES_SQL = PUT_WRITES_SQL.format(
+    action="UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+)
+INSERT_WRITES_SQL = PUT_WRITES_SQL.format(action="NOTHING")
+
 DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 # A compact version's first letter gives its counter's length: "a" one digit, "b" two, ...
 LENGTHS = string.ascii_lowercase
@@ -217,24 +253,67 @@ class WardenSaver(AsyncPostgresSaver):
             }
         }
         blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
-        async with self._cursor(pipeline=True) as cur:
-            if blob_versions:
-                await cur.executemany(
-                    self.UPSERT_CHECKPOINT_BLOBS_SQL,
-                    self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions),
-                )
+        rows = self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
+        async with self._cursor() as cur:
             await cur.execute(
-                self.UPSERT_CHECKPOINTS_SQL,
-                (
-                    thread_id,
-                    checkpoint_ns,
-                    checkpoint["id"],
-                    checkpoint_id,
-                    Jsonb(stored),
-                    Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
-                ),
+                PUT_CHECKPOINT_SQL,
+                {
+                    "thread_id": thread_id,
+                    "ns": checkpoint_ns,
+                    "channels": [r[2] for r in rows],
+                    "versions": [r[3] for r in rows],
+                    "types": [r[4] for r in rows],
+                    "blobs": [r[5] for r in rows],
+                    "checkpoint_id": checkpoint["id"],
+                    "parent_id": checkpoint_id,
+                    "checkpoint": Jsonb(stored),
+                    "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                },
             )
         return next_config
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's writes as the stock saver does, in one statement.
+
+        The stock saver also serialises them in a worker thread (`asyncio.to_thread`);
+        for the small writes of a step the thread hop costs more than it saves, and
+        `aput` serialises its blobs on the loop already.
+        """
+        configurable = config["configurable"]
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        # One row per index, the one the stock saver's row-by-row statements would
+        # leave: the last when they upsert, the first when they skip conflicts (and
+        # within one statement a second update of the same row is an error).
+        ordered = list(enumerate(writes))
+        if not upsert:
+            ordered.reverse()  # the first write at an index is assigned last, and kept
+        rows = {
+            WRITES_IDX_MAP.get(channel, idx): (channel, *self.serde.dumps_typed(value))
+            for idx, (channel, value) in ordered
+        }
+        if not rows:
+            return
+        async with self._cursor() as cur:
+            await cur.execute(
+                UPSERT_WRITES_SQL if upsert else INSERT_WRITES_SQL,
+                {
+                    "thread_id": configurable["thread_id"],
+                    "ns": configurable["checkpoint_ns"],
+                    "checkpoint_id": configurable["checkpoint_id"],
+                    "task_id": task_id,
+                    "task_path": task_path,
+                    "idx": list(rows),
+                    "channels": [r[0] for r in rows.values()],
+                    "types": [r[1] for r in rows.values()],
+                    "blobs": [r[2] for r in rows.values()],
+                },
+            )
 
     async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
         """Load a row as the stock saver does, putting back the id `aput` left out."""
