@@ -9,11 +9,13 @@ replacing it. What it changes:
   coroutine at a time may use; over a `psycopg_pool` pool every query takes its own
   connection, so the lock only serialises concurrent runs. Over a plain connection the
   stock behaviour (lock included) is kept.
-- A write's statements are one round trip and all-or-nothing. `aput` (blobs + checkpoint row),
-  `aput_writes` and `adelete_thread` send their statements in pipeline mode with one
-  sync at the end, which Postgres runs as one implicit transaction: a failure leaves
-  nothing of the super-step behind (tested). An explicit BEGIN/COMMIT around it cost
-  about 20% more CPU per write for no gain, so there is none.
+- A write is one statement, so one round trip and all-or-nothing: `aput` inserts the
+  checkpoint row with its blobs in a data-modifying CTE, `aput_writes` a task's write
+  rows from arrays (`PUT_CHECKPOINT_SQL`, `PUT_WRITES_SQL`); a failure leaves nothing
+  of the super-step behind (tested). Row-by-row statements in one pipeline, as
+  before, were also one round trip, but psycopg's work per statement was the largest
+  CPU cost of checkpointing. `adelete_thread` keeps the stock pipeline (one implicit
+  transaction).
 - Shorter channel versions (`get_next_version`, `compact_version`): every checkpoint
   row lists a version per channel and per node, so 52-character versions were half of
   each row.
