@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from time import monotonic
 from typing import Any
@@ -68,6 +68,32 @@ def _looks_alive(conn: AsyncConnection[Any]) -> bool:
     return not has_unread_input(conn)
 
 
+async def wait_for_connection(
+    pool: AsyncConnectionPool[Any],
+    getconn: Callable[[float], Awaitable[AsyncConnection[Any]]],
+    *,
+    busy_timeout: float,
+    wait_slice: float,
+) -> AsyncConnection[Any]:
+    """Take a connection with `getconn`, waiting up to `busy_timeout` for a busy pool,
+    in slices of `wait_slice`; give up (PoolTimeout) after a slice in which connecting
+    failed and, on a `WardenPool`, no working connection came back (the database is
+    gone, not busy). Other pools count no returns: a failed connect decides there."""
+    waited = 0.0
+    while True:
+        errors = pool.get_stats().get("connections_errors", 0)
+        returns = getattr(pool, "healthy_returns", None)
+        try:
+            return await getconn(wait_slice)
+        except PoolTimeout:
+            waited += wait_slice
+            down = pool.get_stats().get("connections_errors", 0) > errors and (
+                getattr(pool, "healthy_returns", None) == returns
+            )
+            if down or waited >= busy_timeout:
+                raise
+
+
 class WardenPool(AsyncConnectionPool[AsyncConnection[DictRow]]):
     """A pool whose callers wait long for a busy pool but fail fast when the database is gone.
 
@@ -91,20 +117,9 @@ class WardenPool(AsyncConnectionPool[AsyncConnection[DictRow]]):
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[DictRow]:  # noqa: ASYNC109 (the pool API)
         if timeout is not None:
             return await super().getconn(timeout)
-        waited = 0.0
-        while True:
-            errors = self.get_stats().get("connections_errors", 0)
-            returns = self.healthy_returns
-            try:
-                return await super().getconn(self.wait_slice)
-            except PoolTimeout:
-                waited += self.wait_slice
-                down = (
-                    self.get_stats().get("connections_errors", 0) > errors
-                    and self.healthy_returns == returns
-                )
-                if down or waited >= self.busy_timeout:
-                    raise
+        return await wait_for_connection(
+            self, super().getconn, busy_timeout=self.busy_timeout, wait_slice=self.wait_slice
+        )
 
     async def putconn(self, conn: AsyncConnection[DictRow]) -> None:
         if not conn.closed and conn.pgconn.status == ConnStatus.OK:

@@ -49,9 +49,9 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from checkpoints.pool import WardenPool
+from checkpoints.pool import WardenPool, wait_for_connection
 from graph.errors import BadInput
 
 COPY_THREAD_SQL = (
@@ -106,7 +106,6 @@ WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
 """
 
 
-# Version digits in ASCII order, so compact versions compare as strings in counter order.
 # A super-step's rows go in as one statement each (arrays unnested server-side), not one
 # statement per row: psycopg's per-statement work in pipeline mode was the largest CPU
 # cost of checkpointing many concurrent runs. One statement is atomic without a
@@ -142,6 +141,7 @@ UPSERT_WRITES_SQL = PUT_WRITES_SQL.format(
 )
 INSERT_WRITES_SQL = PUT_WRITES_SQL.format(action="NOTHING")
 
+# Version digits in ASCII order, so compact versions compare as strings in counter order.
 DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 # A compact version's first letter gives its counter's length: "a" one digit, "b" two, ...
 LENGTHS = string.ascii_lowercase
@@ -198,13 +198,10 @@ class WardenSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver without the instance lock over a pool, with atomic pipelined
     writes, compact versions, `acopy_thread` and `adelete_for_runs`."""
 
-    checkout_timeout: float = 120.0
-    """Seconds a query may wait for a busy pool. Hundreds of runs on one small pool
-    queue for connections, as they queued for the stock saver's lock (which has no
-    limit); the pool's own 10 s connect timeout would fail busy runs."""
-    checkout_slice: float = 5.0
-    """The wait is taken in slices; after a slice in which the pool failed to connect,
-    the database is down, not busy, and the query fails at once (`PoolTimeout`)."""
+    checkout_timeout: float = WardenPool.busy_timeout
+    checkout_slice: float = WardenPool.wait_slice
+    """How long a query waits for a busy pool that is not a `WardenPool` (an embedder's
+    own), and in what slices (`checkpoints.pool.wait_for_connection`)."""
 
     def get_next_version(self, current: str | int | None, channel: None) -> str:
         """Return the next version in Warden's compact form (see `compact_version`)."""
@@ -351,17 +348,12 @@ class WardenSaver(AsyncPostgresSaver):
         if isinstance(pool, WardenPool):
             conn = await pool.getconn()
         else:
-            waited = 0.0
-            while True:
-                errors = pool.get_stats().get("connections_errors", 0)
-                try:
-                    conn = await pool.getconn(timeout=self.checkout_slice)
-                    break
-                except PoolTimeout:
-                    waited += self.checkout_slice
-                    failing = pool.get_stats().get("connections_errors", 0) > errors
-                    if failing or waited >= self.checkout_timeout:
-                        raise
+            conn = await wait_for_connection(
+                pool,
+                pool.getconn,
+                busy_timeout=self.checkout_timeout,
+                wait_slice=self.checkout_slice,
+            )
         try:
             async with conn:
                 yield conn

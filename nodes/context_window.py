@@ -41,7 +41,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from graph.context import Context
 from graph.injection import data_contract, fence, fence_parts
 from graph.pricing import cost_usd, lookup_price
-from nodes.tokens import TokenCounter, head
+from nodes.tokens import TokenCounter, head, message_text
 
 WARDEN_NAME = "warden"
 DEFAULT_CONTEXT_WINDOW = 128_000
@@ -152,7 +152,7 @@ def render_tool_message(
     shown as what they are.
     """
     meta = message.response_metadata.get("warden") or {}
-    text: str = message.content if isinstance(message.content, str) else str(message.text)
+    text = message_text(message)  # the history's own string when it is one
     cut = 0
     if limit is not None:
         text, cut = head(text, limit)
