@@ -16,6 +16,8 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from checkpoints.warden_saver import ROW_VERSIONS
+
 CHAIN = """
 WITH RECURSIVE chain AS (
     SELECT * FROM checkpoints
@@ -36,15 +38,16 @@ FROM chain
 """
 )
 
+# The versions a row references, in either row form (`ROW_VERSIONS`).
 COPY_BLOBS = (
     CHAIN
-    + """
+    + f"""
 INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
 SELECT DISTINCT %(dst)s, b.checkpoint_ns, b.channel, b.version, b.type, b.blob
 FROM checkpoint_blobs b
 JOIN chain ON true
-JOIN LATERAL jsonb_each_text(chain.checkpoint -> 'channel_versions') v
-    ON v.key = b.channel AND v.value = b.version
+JOIN LATERAL {ROW_VERSIONS.format(row="chain.checkpoint")} v
+    ON v.channel = b.channel AND v.version = b.version
 WHERE b.thread_id = %(src)s AND b.checkpoint_ns = ''
 """
 )

@@ -21,6 +21,11 @@ replacing it. What it changes:
   each row.
 - Primitive channel values are stored once per change, as blobs, instead of inline in
   every checkpoint row (`aput`).
+- A compact checkpoint row (`encode_checkpoint`, `decode_checkpoint`): most channels
+  share a version, and every row repeats them all, so they are stored grouped by
+  version; `versions_seen` and a metadata key are shortened too. Loading restores the
+  stock dicts; the SQL that reads a row's versions reads both forms (`ROW_VERSIONS`);
+  `aprune` puts rows back in the stock form before the stock prune reads them.
 - The capabilities the stock saver lacks: `acopy_thread` (every checkpoint, blob and
   write of every namespace, so DeltaChannel history stays complete) and
   `adelete_for_runs` (the runs' checkpoints, their writes, and the blobs nothing else
@@ -31,8 +36,10 @@ from __future__ import annotations
 
 import secrets
 import string
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -44,15 +51,110 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
     get_serializable_checkpoint_metadata,
 )
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from langgraph.constants import START
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from checkpoints.delta_history import DeltaHistorySaver
 from checkpoints.pool import WardenPool, wait_for_connection
+from checkpoints.serde import WardenSerializer
 from graph.errors import BadInput
+from graph.state import USAGE_SHORT, compact_usage
+
+# LangGraph's metadata key for DeltaChannel counters, the longest key of every row, and
+# the short one Warden stores it under (put back on load and before a stock prune).
+COUNTERS = "counters_since_delta_snapshot"
+COUNTERS_SHORT = "~deltas"
+
+# Every (channel, version) a checkpoint row references, in either row form: the stock
+# flat `channel_versions` object, and Warden's `grouped` one (version -> channels; see
+# `encode_checkpoint`). `{row}` is the row's checkpoint column.
+# In `grouped`, a trigger channel "branch:to:X" is listed as ">X" (`GROUPED_NAME` in SQL).
+TRIGGER_PREFIX = "branch:to:"
+SHORT_TRIGGER = ">"
+GROUPED_NAME = (
+    f"(CASE WHEN starts_with({{channel}}, '{TRIGGER_PREFIX}')"
+    f" THEN '{SHORT_TRIGGER}' || substr({{channel}}, {len(TRIGGER_PREFIX) + 1}) ELSE {{channel}} END)"
+)
+ROW_VERSIONS = f"""(
+    SELECT f.key AS channel, f.value AS version
+    FROM jsonb_each_text({{row}} -> 'channel_versions') AS f
+    UNION ALL
+    SELECT CASE WHEN starts_with(c.name, '{SHORT_TRIGGER}')
+                THEN '{TRIGGER_PREFIX}' || substr(c.name, {len(SHORT_TRIGGER) + 1}) ELSE c.name END,
+           g.key
+    FROM jsonb_each({{row}} -> 'grouped') AS g
+    CROSS JOIN LATERAL jsonb_array_elements_text(g.value) AS c(name)
+)"""
+
+# The stock SELECT_SQL, with its blob join reading both row forms.
+SELECT_SQL = f"""
+select
+    thread_id,
+    checkpoint,
+    checkpoint_ns,
+    checkpoint_id,
+    parent_checkpoint_id,
+    metadata,
+    (
+        select array_agg(array[bl.channel::bytea, bl.type::bytea, bl.blob])
+        from {ROW_VERSIONS.format(row="checkpoint")} AS rv
+        inner join checkpoint_blobs bl
+            on bl.thread_id = checkpoints.thread_id
+            and bl.checkpoint_ns = checkpoints.checkpoint_ns
+            and bl.channel = rv.channel
+            and bl.version = rv.version
+    ) as channel_values,
+    (
+        select
+        array_agg(array[cw.task_id::text::bytea, cw.channel::bytea, cw.type::bytea, cw.blob, convert_to(cw.task_path, 'UTF8'), cw.idx::text::bytea])
+        from checkpoint_writes cw
+        where cw.thread_id = checkpoints.thread_id
+            and cw.checkpoint_ns = checkpoints.checkpoint_ns
+            and cw.checkpoint_id = checkpoints.checkpoint_id
+    ) as pending_writes
+from checkpoints """
+
+# A row's version of the channel passed as the one parameter, in either row form: what
+# the DeltaChannel history walk reads (`DeltaHistorySaver.version_sql`). A channel a
+# graph now reads as a DeltaChannel may have had a plain value, stored grouped, in rows
+# an earlier graph wrote; the walk back to its last whole value needs that version.
+ROW_VERSION_OF = f"""(SELECT coalesce(
+    checkpoint -> 'channel_versions' ->> p.channel,
+    (SELECT g.key FROM jsonb_each(checkpoint -> 'grouped') AS g
+     WHERE g.value ? {GROUPED_NAME.format(channel="p.channel")} LIMIT 1)
+) FROM (SELECT %s::text AS channel) AS p)"""
+
+
+# Rows of the given threads back in the stock form, for the stock prune's SQL (all but
+# a compact `ts`, which that SQL does not read and `_load_checkpoint_tuple` reads).
+STOCK_FORM_SQL = f"""
+UPDATE checkpoints SET
+    checkpoint = (checkpoint - 'grouped' - 'seen')
+        || jsonb_build_object(
+            'channel_versions',
+            (SELECT coalesce(jsonb_object_agg(rv.channel, rv.version), '{{}}'::jsonb)
+             FROM {ROW_VERSIONS.format(row="checkpoint")} AS rv),
+            'versions_seen',
+            coalesce(checkpoint -> 'versions_seen', (
+                SELECT jsonb_object_agg(
+                    s.key,
+                    CASE WHEN jsonb_typeof(s.value) = 'string'
+                         THEN jsonb_build_object(
+                             CASE WHEN s.key = '__start__' THEN s.key ELSE 'branch:to:' || s.key END,
+                             s.value)
+                         ELSE s.value END)
+                FROM jsonb_each(checkpoint -> 'seen') AS s
+            ), '{{}}'::jsonb)),
+    metadata = CASE WHEN metadata ? '{COUNTERS_SHORT}'
+        THEN (metadata - '{COUNTERS_SHORT}')
+            || jsonb_build_object('{COUNTERS}', metadata -> '{COUNTERS_SHORT}')
+        ELSE metadata END
+WHERE thread_id = ANY(%s) AND (checkpoint ? 'grouped' OR checkpoint ? 'seen' OR metadata ? '{COUNTERS_SHORT}')
+"""
 
 COPY_THREAD_SQL = (
     """
@@ -82,18 +184,18 @@ TARGET_EXISTS_SQL = "SELECT EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = 
 DELETE_RUNS_SQL = """
 WITH gone AS (
     DELETE FROM checkpoints WHERE metadata ->> 'run_id' = ANY(%(runs)s)
-    RETURNING thread_id, checkpoint_ns, checkpoint_id, checkpoint -> 'channel_versions' AS versions
+    RETURNING thread_id, checkpoint_ns, checkpoint_id, checkpoint
 ), writes AS (
     DELETE FROM checkpoint_writes w USING gone
     WHERE w.thread_id = gone.thread_id AND w.checkpoint_ns = gone.checkpoint_ns
       AND w.checkpoint_id = gone.checkpoint_id
 )
-SELECT DISTINCT gone.thread_id, gone.checkpoint_ns, v.key AS channel, v.value AS version
-FROM gone CROSS JOIN LATERAL jsonb_each_text(gone.versions) AS v
-"""
+SELECT DISTINCT gone.thread_id, gone.checkpoint_ns, v.channel, v.version
+FROM gone CROSS JOIN LATERAL {versions} AS v
+""".format(versions=ROW_VERSIONS.format(row="gone.checkpoint"))
 
 # Blobs freed by the deletion that no remaining checkpoint of their thread references.
-DELETE_UNREFERENCED_BLOBS_SQL = """
+DELETE_UNREFERENCED_BLOBS_SQL = f"""
 DELETE FROM checkpoint_blobs b
 USING unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS f(thread_id, ns, channel, version)
 WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
@@ -101,7 +203,8 @@ WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
   AND NOT EXISTS (
       SELECT 1 FROM checkpoints c
       WHERE c.thread_id = f.thread_id AND c.checkpoint_ns = f.ns
-        AND c.checkpoint -> 'channel_versions' ->> f.channel = f.version
+        AND (c.checkpoint -> 'channel_versions' ->> f.channel = f.version
+             OR c.checkpoint -> 'grouped' -> f.version ? {GROUPED_NAME.format(channel="f.channel")})
   )
 """
 
@@ -194,9 +297,170 @@ def version_counter(version: str | int) -> int:
     return int(version.split(".")[0])
 
 
-class WardenSaver(AsyncPostgresSaver):
+def _trigger(node: str) -> str:
+    """Return the channel that triggers `node` (LangGraph's naming)."""
+    return START if node == START else f"{TRIGGER_PREFIX}{node}"
+
+
+def _grouped_name(channel: str) -> str:
+    if channel.startswith(TRIGGER_PREFIX):
+        return SHORT_TRIGGER + channel[len(TRIGGER_PREFIX) :]
+    return channel
+
+
+def _channel_of(name: str) -> str:
+    if name.startswith(SHORT_TRIGGER):
+        return TRIGGER_PREFIX + name[len(SHORT_TRIGGER) :]
+    return name
+
+
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UUID_EPOCH_TICKS = 0x01B21DD213814000  # 100-ns intervals from 1582-10-15 to 1970-01-01
+
+# A row's `ts` as a timestamptz, in either row form (see `encode_ts`): the ISO string, or
+# microseconds from the time in its uuid6 checkpoint id. `{row}` names the table.
+ROW_TS = """(CASE WHEN jsonb_typeof({row}.checkpoint -> 'ts') = 'number'
+    THEN to_timestamp(0) + (
+        (('x' || substr({row}.checkpoint_id, 1, 8) || substr({row}.checkpoint_id, 10, 4)
+               || substr({row}.checkpoint_id, 16, 3))::bit(60)::bigint - 122192928000000000) / 10
+        + ({row}.checkpoint ->> 'ts')::bigint) * interval '1 microsecond'
+    ELSE ({row}.checkpoint ->> 'ts')::timestamptz END)"""
+
+
+def _id_micros(checkpoint_id: str) -> int | None:
+    """Return the time in a uuid6 checkpoint id (LangGraph's), in Unix microseconds."""
+    try:
+        parsed = uuid.UUID(checkpoint_id)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if parsed.version != 6 or str(parsed) != checkpoint_id:
+        return None
+    return (int(parsed.hex[0:12] + parsed.hex[13:16], 16) - UUID_EPOCH_TICKS) // 10
+
+
+def _iso(micros: int) -> str:
+    return (UNIX_EPOCH + timedelta(microseconds=micros)).isoformat()
+
+
+def encode_ts(ts: Any, checkpoint_id: str) -> Any:
+    """Return `ts` as stored: microseconds after the time in the checkpoint id when that
+    gives back exactly the same string (LangGraph takes both at once), else as is.
+
+    A timestamp of 32 characters per row, which the id holds to a few microseconds."""
+    base = _id_micros(checkpoint_id)
+    if base is None or not isinstance(ts, str):
+        return ts
+    try:
+        moment = datetime.fromisoformat(ts)
+    except ValueError:
+        return ts
+    if moment.tzinfo is None:
+        return ts
+    offset = (moment - UNIX_EPOCH) // timedelta(microseconds=1) - base
+    return offset if _iso(base + offset) == ts else ts
+
+
+def decode_ts(ts: Any, checkpoint_id: str) -> Any:
+    """Return a stored `ts` as LangGraph wrote it (see `encode_ts`)."""
+    if isinstance(ts, int) and not isinstance(ts, bool):
+        base = _id_micros(checkpoint_id)
+        if base is not None:
+            return _iso(base + ts)
+    return ts
+
+
+def encode_checkpoint(stored: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Return the row form of a checkpoint (already without its values and id).
+
+    A row lists a version per channel, and most channels share one (every channel a
+    super-step wrote gets the same version), so channel names with their version
+    repeated were half of each row. Here:
+
+    - `grouped`: version -> the channels at it, for channels with a plain value
+      (`values`) and LangGraph's trigger channels ("branch:to:X" listed as ">X"). The others (DeltaChannels, whose
+      value is a `_DeltaSnapshot` or rebuilt from writes) stay in `channel_versions`:
+      the DeltaChannel history walk (`ROW_VERSION_OF`) reads their version in
+      every row of a thread, and a flat key is the cheaper lookup.
+    - `seen`: `versions_seen`, with a node's usual entry (its trigger channel alone)
+      as just the version.
+    - `ts`: as `encode_ts` stores it (`stored` holds the checkpoint's `id` for it).
+
+    `decode_checkpoint` is the inverse.
+    """
+    flat: dict[str, Any] = {}
+    grouped: dict[str, list[str]] = {}
+    for channel, version in stored["channel_versions"].items():
+        # No value: a DeltaChannel between snapshots (or a consumed trigger).
+        plain = channel in values and not isinstance(values[channel], _DeltaSnapshot)
+        trigger = channel == START or channel.startswith(TRIGGER_PREFIX)
+        # A channel named like a short trigger name stays flat: the name means one thing.
+        if isinstance(version, str) and (plain or trigger) and not channel.startswith(SHORT_TRIGGER):
+            grouped.setdefault(version, []).append(_grouped_name(channel))
+        else:
+            flat[channel] = version
+    seen = {
+        node: next(iter(channels.values()))
+        if len(channels) == 1 and _trigger(node) in channels
+        and isinstance(channels[_trigger(node)], str)
+        else channels
+        for node, channels in stored["versions_seen"].items()
+    }
+    row = {
+        k: v for k, v in stored.items() if k not in ("channel_versions", "versions_seen", "id")
+    }
+    if "ts" in row and "id" in stored:
+        row["ts"] = encode_ts(row["ts"], stored["id"])
+    row["channel_versions"] = flat
+    if grouped:
+        row["grouped"] = grouped
+    row["seen"] = seen
+    return row
+
+
+def decode_checkpoint(row: dict[str, Any], checkpoint_id: str) -> dict[str, Any]:
+    """Return a row's checkpoint in LangGraph's form (rows in the stock form pass through)."""
+    if "grouped" not in row and "seen" not in row and not isinstance(row.get("ts"), int):
+        return row
+    checkpoint = {k: v for k, v in row.items() if k not in ("grouped", "seen")}
+    if "ts" in row:
+        checkpoint["ts"] = decode_ts(row["ts"], checkpoint_id)
+    versions = dict(row.get("channel_versions") or {})
+    for version, channels in (row.get("grouped") or {}).items():
+        versions.update(dict.fromkeys(map(_channel_of, channels), version))
+    checkpoint["channel_versions"] = versions
+    if "seen" in row:
+        checkpoint["versions_seen"] = {
+            node: {_trigger(node): seen} if isinstance(seen, str) else seen
+            for node, seen in row["seen"].items()
+        }
+    return checkpoint
+
+
+def stored_write(channel: str, value: Any) -> Any:
+    """Return a write as it is stored: Warden's usage deltas compact (`compact_usage`).
+
+    Every super-step writes one usage delta; stored with long keys it was ~470 bytes a
+    tool call. Nodes write, and streams show, the long form; loading reads both (the
+    channel's reducer expands the compact one). Only a dict of usage counters with a
+    step is compacted, so another graph's `usage` channel is stored as it is.
+    """
+    if (
+        channel == "usage"
+        and type(value) is dict
+        and "steps" in value
+        and value.keys() <= USAGE_SHORT.keys()
+    ):
+        return compact_usage(value)
+    return value
+
+
+class WardenSaver(DeltaHistorySaver):
     """AsyncPostgresSaver without the instance lock over a pool, with atomic pipelined
     writes, compact versions, `acopy_thread` and `adelete_for_runs`."""
+
+    SELECT_SQL = SELECT_SQL
+    version_sql = ROW_VERSION_OF
+    serde = WardenSerializer()  # messages load without re-validation (checkpoints/serde.py)
 
     checkout_timeout: float = WardenPool.busy_timeout
     checkout_slice: float = WardenPool.wait_slice
@@ -265,8 +529,10 @@ class WardenSaver(AsyncPostgresSaver):
                     "blobs": [r[5] for r in rows],
                     "checkpoint_id": checkpoint["id"],
                     "parent_id": checkpoint_id,
-                    "checkpoint": Jsonb(stored),
-                    "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                    "checkpoint": Jsonb(
+                        encode_checkpoint({**stored, "id": checkpoint["id"]}, checkpoint["channel_values"])
+                    ),
+                    "metadata": Jsonb(self._stored_metadata(config, metadata)),
                 },
             )
         return next_config
@@ -293,7 +559,10 @@ class WardenSaver(AsyncPostgresSaver):
         if not upsert:
             ordered.reverse()  # the first write at an index is assigned last, and kept
         rows = {
-            WRITES_IDX_MAP.get(channel, idx): (channel, *self.serde.dumps_typed(value))
+            WRITES_IDX_MAP.get(channel, idx): (
+                channel,
+                *self.serde.dumps_typed(stored_write(channel, value)),
+            )
             for idx, (channel, value) in ordered
         }
         if not rows:
@@ -314,8 +583,27 @@ class WardenSaver(AsyncPostgresSaver):
                 },
             )
 
+    @staticmethod
+    def _stored_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> dict[str, Any]:
+        """Return the metadata to store: LangGraph's, with its longest key shortened.
+
+        Only that LangGraph-internal key changes, so `alist(filter=...)` on any other
+        key (the ones users and LangGraph filter on) still matches the stored row.
+        """
+        stored = dict(get_serializable_checkpoint_metadata(config, metadata))
+        if COUNTERS in stored and COUNTERS_SHORT not in stored:
+            stored[COUNTERS_SHORT] = stored.pop(COUNTERS)
+        return stored
+
     async def _load_checkpoint_tuple(self, value: DictRow) -> CheckpointTuple:
-        """Load a row as the stock saver does, putting back the id `aput` left out."""
+        """Load a row as the stock saver does, from either row form, putting back the
+        id `aput` left out."""
+        value = {**value, "checkpoint": decode_checkpoint(value["checkpoint"], value["checkpoint_id"])}
+        metadata = value["metadata"]
+        if isinstance(metadata, dict) and COUNTERS_SHORT in metadata and COUNTERS not in metadata:
+            metadata = dict(metadata)
+            metadata[COUNTERS] = metadata.pop(COUNTERS_SHORT)
+            value["metadata"] = metadata
         loaded = await super()._load_checkpoint_tuple(value)
         loaded.checkpoint.setdefault("id", value["checkpoint_id"])
         return loaded
@@ -359,6 +647,15 @@ class WardenSaver(AsyncPostgresSaver):
                 yield conn
         finally:
             await pool.putconn(conn)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Prune as the stock saver does, after putting the threads' rows back in the
+        stock form, which its SQL reads (which blobs a row references, whether a thread
+        uses a DeltaChannel). The kept rows stay in that form; both load."""
+        if strategy == "keep_latest" and not isinstance(thread_ids, str) and thread_ids:
+            async with self._cursor() as cur:
+                await cur.execute(STOCK_FORM_SQL, ([str(t) for t in thread_ids],), prepare=False)
+        await super().aprune(thread_ids, strategy=strategy)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Copy every checkpoint, blob and write of a thread to a new thread.

@@ -18,12 +18,14 @@ from typing import Any
 
 from checkpoints.locks import thread_is_busy, thread_lock
 from checkpoints.retention import RETENTION_HOOKS, RetentionHook, purge_threads
+from checkpoints.warden_saver import ROW_TS
 from graph.errors import BadInput, ThreadBusy
 from graph.runtime import Warden
 
-ACTIVITY_SQL = """
+# A checkpoint's time, in either row form (`ROW_TS`).
+ACTIVITY_SQL = f"""
 WITH activity AS (
-    SELECT thread_id, max((checkpoint ->> 'ts')::timestamptz) AS last, count(*) AS checkpoints
+    SELECT thread_id, max({ROW_TS.format(row="checkpoints")}) AS last, count(*) AS checkpoints
     FROM checkpoints WHERE checkpoint_ns = '' GROUP BY thread_id
     UNION ALL
     SELECT thread_id, updated_at, 0 FROM warden_threads

@@ -130,13 +130,104 @@ def _summed(current: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+# The form usage deltas are stored in (`compact_usage`, applied by WardenSaver's
+# `aput_writes`): every super-step stores one, so they carry short keys, and leave out
+# what follows from the rest. Nodes write, and streams show, the long form.
+USAGE_SHORT = {
+    "steps": "s",
+    "active_seconds": "a",
+    "node_seconds": "n",
+    "model_calls": "mc",
+    "tool_calls": "tc",
+    "tool_calls_by_name": "tn",
+    "input_tokens": "i",
+    "output_tokens": "o",
+    "cost_usd": "c",
+    "last_input_tokens": "li",
+    "rejections": "r",
+    "model_seconds": "ms",
+    "tool_seconds": "ts",
+    "by_model": "b",
+    "last_prompt_tokens": "lp",
+    "peak_prompt_tokens": "pp",
+    "summary_calls": "sc",
+}
+USAGE_LONG = {short: long for long, short in USAGE_SHORT.items()}
+MODEL_FIELDS = ("calls", "input_tokens", "output_tokens", "cost_usd")
+"""A `by_model` entry with exactly these keys is written as a list of their values."""
+MODEL_TOTALS = ("model_calls", "input_tokens", "output_tokens", "cost_usd")
+"""The counters that total `MODEL_FIELDS` over the models."""
+
+
+def _derived(delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the fields a delta's other fields imply: a node execution's step and time
+    (from `node_seconds`), model call totals (from `by_model`), tool calls (from
+    `tool_calls_by_name`) and the peak prompt (from `last_prompt_tokens`)."""
+    derived: dict[str, Any] = {}
+    if nodes := delta.get("node_seconds"):
+        derived["steps"] = len(nodes)
+        derived["active_seconds"] = sum(nodes.values())
+    if models := delta.get("by_model"):
+        for field, total in zip(MODEL_FIELDS, MODEL_TOTALS, strict=True):
+            derived[total] = sum(entry.get(field, 0) for entry in models.values())
+    if by_name := delta.get("tool_calls_by_name"):
+        derived["tool_calls"] = sum(by_name.values())
+    if "last_prompt_tokens" in delta:
+        derived["peak_prompt_tokens"] = delta["last_prompt_tokens"]
+    return derived
+
+
+def compact_usage(delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a usage delta in the form it is stored: short keys (`USAGE_SHORT`), a
+    `by_model` entry as a list (`MODEL_FIELDS`), and without the fields `_derived`
+    gives back exactly (a derivable field the delta lacks is written as 0).
+
+    `expand_usage` is the inverse; `merge_usage` (so the channel's reducer) and
+    `usage_spent` read both forms, so the deltas of older threads still add up.
+    """
+    derived = _derived(delta)
+    out: dict[str, Any] = {}
+    for key, value in delta.items():
+        if key in derived and type(derived[key]) is type(value) and derived[key] == value:
+            continue
+        if key == "by_model":
+            value = {
+                model: [entry[f] for f in MODEL_FIELDS] if tuple(entry) == MODEL_FIELDS else entry
+                for model, entry in value.items()
+            }
+        out[USAGE_SHORT.get(key, key)] = value
+    for key, value in derived.items():
+        if key not in delta:
+            out[USAGE_SHORT[key]] = type(value)(0)
+    return out
+
+
+def expand_usage(written: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return a usage delta with long keys and its derived fields (`compact_usage`);
+    a delta in the long form (older threads, counters) is returned as is."""
+    if USAGE_LONG.keys().isdisjoint(written):  # one C-level pass: called per reducer step
+        return written
+    delta: dict[str, Any] = {}
+    for key, value in written.items():
+        key = USAGE_LONG.get(key, key)
+        if key == "by_model":
+            value = {
+                model: dict(zip(MODEL_FIELDS, entry, strict=True)) if isinstance(entry, list) else entry
+                for model, entry in value.items()
+            }
+        delta[key] = value
+    return _derived(delta) | delta
+
+
 def merge_usage(current: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
     """Apply a usage delta to `current` (counters or another delta), returning a new dict.
 
     Counters add up, `last_*` sizes take the newer value and `peak_prompt_tokens` the
-    larger one, so applying two deltas in turn equals applying their merge.
+    larger one, so applying two deltas in turn equals applying their merge. Either may
+    be in the compact form (`compact_usage`); the result is in the long one.
     """
-    base = dict(current)
+    base = dict(expand_usage(current))
+    delta = expand_usage(delta)
     for key, value in delta.items():
         if key in ("last_input_tokens", "last_prompt_tokens"):
             base[key] = value
@@ -178,7 +269,7 @@ def usage_spent(written: Any) -> Mapping[str, Any]:
     """Return what a node's `usage` write added (a new run's `Overwrite` starts from zero)."""
     if isinstance(written, Overwrite):
         return cast(Mapping[str, Any], written.value)
-    return cast(Mapping[str, Any], written or {})
+    return expand_usage(cast(Mapping[str, Any], written or {}))
 
 
 # Updates between full snapshots of `usage` (about three per tool call) and `loop`

@@ -47,6 +47,6 @@ class NodeClock:
 
     def usage(self, base: Usage | None, **delta: Any) -> tuple[Usage, dict[str, Any]]:
         """Return `base` usage with this node's step, time and `delta` added, and the
-        delta itself (what the node writes to the `usage` channel)."""
+        delta itself, which the node writes to the `usage` channel."""
         added = self.delta(**delta)
         return add_usage(base, added), added

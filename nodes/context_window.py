@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -39,7 +42,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from graph.context import Context
-from graph.injection import data_contract, fence, fence_parts
+from graph.injection import FENCE_OPEN, data_contract, fence, fence_parts
 from graph.pricing import cost_usd, lookup_price
 from nodes.tokens import TokenCounter, head, message_text
 
@@ -60,19 +63,37 @@ SUMMARY_PROMPT = (
 )
 
 
+# A rendered message as the memo keeps it: None when the message is shown as it is;
+# a result cut to a limit, rendered; a result in full, its content only, the fence's
+# data part None when it is the history's own string (the usual case: read back from
+# the message, so the memo holds no reference to the data).
+MemoForm = BaseMessage | str | tuple[str, str | None, str] | None
+
+
 # Rendered units and their token counts, shared by the steps of every run in this
 # process (keys carry the run's nonce and the message ids). A bounded cache of pure
-# results, not run state. Assembly runs in worker threads: each OrderedDict operation
-# is atomic under the GIL, and a race at worst renders a unit twice.
+# results, not run state: oldest entries leave first (a dict keeps insertion order; an
+# OrderedDict costs about 100 bytes more per entry, for nothing used here). Assembly
+# runs in worker threads: a lookup is atomic under the GIL (a race at worst renders a
+# unit twice); writes take the lock, as eviction iterates the dict.
+# For results in full, an entry keeps what rendering costs to redo (fence lines,
+# neutralised data when it differs, the token count), not the rendered messages: those
+# are rebuilt for each prompt (a shallow copy per result) and dropped after its call.
+# Kept, they were the largest part of a busy worker's memory beyond its runs' own
+# state: a copy of every tool result of every live run (about 2 KB each). Results cut
+# to a limit stay rendered: they are most of a long run's prompt (results in full take
+# at most FULL_SHARE of it), and rebuilding them at every step cost more CPU than the
+# memory saved.
 RENDER_CACHE_SIZE = 4096
-_RENDERED: OrderedDict[tuple[Any, ...], tuple[list[BaseMessage], int]] = OrderedDict()
+_RENDERED: dict[tuple[Any, ...], tuple[tuple[MemoForm, ...], int]] = {}
+_RENDERED_WRITE = threading.Lock()
 
 
 class ContextOverflowError(Exception):
     """The parts that must always be sent (system prompt, tools, task) exceed the budget."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: grouped histories are cached (`_UNITS`)
 class Unit:
     """Messages that are shown or left out together: a turn with its tool results, or one message."""
 
@@ -94,7 +115,9 @@ class Unit:
 class Window:
     """The assembled prompt and what building it cost."""
 
-    messages: list[BaseMessage]
+    parts: list[tuple[tuple[BaseMessage, ...], tuple[MemoForm, ...] | None]] = field(repr=False)
+    """The prompt's messages as they are in the history, with their memo forms (None:
+    shown as they are); `messages` renders them."""
     tokens: int
     """Prompt tokens: messages and tool schemas."""
     budget: int
@@ -107,25 +130,100 @@ class Window:
     """Usage of the summary call, as a delta for the run's counters."""
     warning: str | None = None
 
+    @property
+    def messages(self) -> list[BaseMessage]:
+        """The prompt, rendered anew at each access.
+
+        Not kept: `plan` takes it only for the model call, so the rendered copies (one
+        per tool result shown) live no longer than the call. Kept with the window, they
+        lived through the spend hold and settle around it too, database round trips
+        that a busy worker's runs spend most of a step waiting on.
+        """
+        return [
+            _shown(m, f)
+            for messages, forms in self.parts
+            for m, f in zip(messages, forms or (None,) * len(messages), strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Grouped:
+    """A history grouped into units, kept so that a longer one can be grouped from it."""
+
+    history: tuple[AnyMessage, ...]
+    units: tuple[Unit, ...]
+    pin_from: int
+    step: int
+    """Model turns before the last unit (the grouping resumes at its start)."""
+
+
+# Recently grouped histories, by the identity of their last message. `plan` assembles
+# the prompt at every step from a history that only grows, so grouping it whole made
+# each step O(history) (2 ms at 1000 messages) and a run quadratic; a history that
+# starts with the very message objects of a grouped one is grouped from where that one
+# ended. An entry replaces the one it extended, so there is about one per active run;
+# bounded like `_RENDERED`. The entries hold messages the runs' states hold too.
+UNITS_CACHE_SIZE = 256
+_UNITS: OrderedDict[int, _Grouped] = OrderedDict()
+# A step adds a few messages (a task, a model turn, its results): how far back from the
+# end a grouped history's last message is looked for.
+UNITS_LOOKBACK = 16
+
+
+def _pin_from(history: Sequence[AnyMessage], prefix: _Grouped | None) -> int:
+    """Index of the latest human message not from Warden (the current task), else
+    len(history); searched back to the end of `prefix`, which knows its own."""
+    stop = len(prefix.history) if prefix is not None else 0
+    for i in range(len(history) - 1, stop - 1, -1):
+        message = history[i]
+        if isinstance(message, HumanMessage) and message.name != WARDEN_NAME:
+            return i
+    if prefix is not None and prefix.pin_from < stop:
+        return prefix.pin_from
+    return len(history)
+
+
+def _grouped_prefix(history: Sequence[AnyMessage]) -> _Grouped | None:
+    """Return the cached grouping of the longest recent prefix of `history`, if any."""
+    for back in range(1, min(len(history), UNITS_LOOKBACK) + 1):
+        entry = _UNITS.get(id(history[-back]))
+        # The entry holds its messages, so an id match is that object unless the
+        # entry is another history ending in it: compare every message by identity.
+        if (
+            entry is not None
+            and len(entry.history) == len(history) - back + 1
+            and all(map(operator.is_, entry.history, history))
+        ):
+            return entry
+    return None
+
 
 def units_of(history: Sequence[AnyMessage]) -> list[Unit]:
     """Group the history into units; tool results whose call is not in the history are dropped."""
-    pin_from = next(
-        (
-            i
-            for i in range(len(history) - 1, -1, -1)
-            if isinstance(history[i], HumanMessage) and history[i].name != WARDEN_NAME
-        ),
-        len(history),
-    )
+    prefix = _grouped_prefix(history) if history else None
+    pin_from = _pin_from(history, prefix)
     units: list[Unit] = []
-    step = 0
-    i = 0
+    step = i = 0
+    if prefix is not None and prefix.units:
+        # The prefix's last unit may take results that came since: group from its start.
+        units = list(prefix.units[:-1])
+        i, step = prefix.units[-1].start, prefix.step
+        if pin_from != prefix.pin_from:  # a new task: re-flag the human units it moves
+            low = min(pin_from, prefix.pin_from)
+            for k in range(len(units) - 1, -1, -1):
+                unit = units[k]
+                if unit.start < low:
+                    break
+                pinned = unit.start >= pin_from and isinstance(unit.messages[0], HumanMessage)
+                if pinned != unit.pinned:
+                    units[k] = replace(unit, pinned=pinned)
+    last_step = step
     while i < len(history):
         message = history[i]
         if isinstance(message, ToolMessage):
             i += 1  # an orphan: its call is not in the history
             continue
+        last_step = step
         group: list[AnyMessage] = [message]
         if isinstance(message, AIMessage):
             step += 1
@@ -140,13 +238,30 @@ def units_of(history: Sequence[AnyMessage]) -> list[Unit]:
         pinned = i >= pin_from and isinstance(message, HumanMessage)
         units.append(Unit(start=i - len(group) + 1, messages=tuple(group), step=max(step, 1), pinned=pinned))
         i += 1
+    if history:
+        # Each operation is atomic under the GIL (assembly runs in worker threads); a
+        # race at worst groups a history twice.
+        key = id(history[-1])
+        if prefix is not None:  # superseded: the run's next step extends this one
+            _UNITS.pop(id(prefix.history[-1]), None)
+        _UNITS.pop(key, None)
+        _UNITS[key] = _Grouped(tuple(history), tuple(units), pin_from, last_step)
+        while len(_UNITS) > UNITS_CACHE_SIZE:
+            try:
+                _UNITS.popitem(last=False)
+            except KeyError:
+                break
     return units
 
 
-def render_tool_message(
-    message: ToolMessage, nonce: str, step: int, limit: int | None = None
-) -> ToolMessage:
-    """Render one tool result for the model: fenced with provenance, cut to `limit` tokens.
+# What a tool result is shown with: one string, or the fence's three parts (opening
+# line, data, closing line), sent as three text blocks.
+ToolContent = str | tuple[str, str, str]
+
+
+def tool_content(message: ToolMessage, nonce: str, step: int, limit: int | None = None) -> ToolContent:
+    """Return the content a tool result is shown with: fenced with provenance, cut to
+    `limit` tokens.
 
     A human reviewer's answer and Warden's own refusals carry no outside data and are
     shown as what they are.
@@ -162,30 +277,56 @@ def render_tool_message(
                 "result is kept in the run's history]"
             )
     if meta.get("responded_by"):
-        content = (
+        return (
             f"[answer from human reviewer {meta['responded_by']}, given instead of running "
             f"{message.name}]\n{text}"
         )
-    elif meta.get("refused"):
-        content = f"[warden: call not executed ({meta['refused']})]\n{text}"
-    else:
-        # Three text blocks, not one joined string: the data block is the history's own
-        # string, so rendering the history at every step copies none of it (the joined
-        # text, `message.text`, is the same). Providers take a list of text blocks as
-        # a tool result's content.
-        parts = fence_parts(
-            text,
-            nonce,
-            tool=message.name,
-            call_id=message.tool_call_id,
-            step=step,
-            status="error" if message.status == "error" else None,
-            truncated=cut or None,
-        )
+    if meta.get("refused"):
+        return f"[warden: call not executed ({meta['refused']})]\n{text}"
+    # Text blocks, not one joined string: the data block is the history's own string,
+    # so rendering the history at every step copies none of it (the joined text,
+    # `message.text`, is the same). Providers take a list of text blocks as a tool
+    # result's content. `with_content` sends the opening line as two blocks.
+    return fence_parts(
+        text,
+        nonce,
+        tool=message.name,
+        call_id=message.tool_call_id,
+        step=step,
+        status="error" if message.status == "error" else None,
+        truncated=cut or None,
+    )
+
+
+NONCE_AT = len(FENCE_OPEN) + len(" nonce=")
+"""Where the nonce starts in a fence's opening line."""
+
+
+def with_content(message: ToolMessage, content: ToolContent) -> ToolMessage:
+    """Return a copy of `message` that shows `content` (from `tool_content`).
+
+    A fenced result's opening line goes as two blocks, split after the nonce: the part
+    with the nonce is the same for every result of the run and the rest holds no
+    nonce, so a run's first prompt over a long history counts from memos
+    (`nodes.tokens.text_tokens`) instead of tokenising a new line per result. The split
+    falls where the encoding's pre-tokeniser splits anyway (a space before a letter),
+    so the counts add up to the joined line's.
+    """
+    if isinstance(content, tuple):
+        opening, body, closing = content
+        split = opening.find(" ", NONCE_AT)
+        parts = (opening[:split], opening[split:], body, closing) if split > 0 else content
         return message.model_copy(
             update={"content": [{"type": "text", "text": part} for part in parts]}
         )
     return message.model_copy(update={"content": content})
+
+
+def render_tool_message(
+    message: ToolMessage, nonce: str, step: int, limit: int | None = None
+) -> ToolMessage:
+    """Render one tool result for the model (see `tool_content`)."""
+    return with_content(message, tool_content(message, nonce, step, limit))
 
 
 def render_unit(unit: Unit, nonce: str, limit: int | None = None) -> list[BaseMessage]:
@@ -194,6 +335,32 @@ def render_unit(unit: Unit, nonce: str, limit: int | None = None) -> list[BaseMe
         render_tool_message(m, nonce, unit.step, limit) if isinstance(m, ToolMessage) else m
         for m in unit.messages
     ]
+
+
+def _memo_form(message: BaseMessage, content: ToolContent | None, limit: int | None) -> MemoForm:
+    """Return what the memo keeps of a message rendered with `content` (cut to `limit`)."""
+    if content is None:
+        return None
+    if limit is not None:
+        return with_content(message, content)  # type: ignore[arg-type]
+    if not isinstance(content, tuple):
+        return content
+    opening, data, closing = content
+    # Every result of a run has the same closing line (it only carries the nonce):
+    # interned, the memo holds one copy of it.
+    return (opening, None if data is message.content else data, sys.intern(closing))
+
+
+def _shown(message: BaseMessage, form: MemoForm) -> BaseMessage:
+    """Rebuild a rendered message from its memo form."""
+    if form is None or not isinstance(message, ToolMessage):
+        return message
+    if isinstance(form, BaseMessage):
+        return form
+    if isinstance(form, tuple):
+        opening, data, closing = form
+        return with_content(message, (opening, message_text(message) if data is None else data, closing))
+    return with_content(message, form)
 
 
 def budget_for(ctx: Context, model: BaseChatModel) -> int:
@@ -309,10 +476,11 @@ class Assembler:
         self.budget = budget_for(ctx, model)
         self.system = SystemMessage(content=f"{ctx.system_prompt}\n\n{data_contract(nonce)}")
         self.fixed = self.counter.messages([self.system]) + self.counter.schemas(tool_schemas(offered))
-        self._prefix = (self.counter.source, nonce)
+        self._source = self.counter.source
 
-    def rendered(self, unit: Unit, limit: int | None = None) -> tuple[list[BaseMessage], int]:
-        """Render a unit (in full, or its tool results cut to `limit`) and count it.
+    def _memo(self, unit: Unit, limit: int | None) -> tuple[tuple[MemoForm, ...], int]:
+        """Render a unit (in full, or its tool results cut to `limit`) and count it;
+        return its messages' memo forms and its token count.
 
         Memoised across steps by message ids: `plan` re-assembles the prompt at every
         step from a history that only grows, so each unit is rendered and counted once
@@ -321,22 +489,29 @@ class Assembler:
         """
         # A unit is its first message and the results that follow it; ids are unique.
         first, last = unit.messages[0].id, unit.messages[-1].id
-        key = (self._prefix, first, last, len(unit.messages), limit)
+        # One flat tuple: a nested (source, nonce) prefix cost a tuple per entry.
+        key = (self._source, self.nonce, first, last, len(unit.messages), limit)
         cacheable = first is not None and last is not None
         hit = _RENDERED.get(key) if cacheable else None
         if hit is not None:
             return hit
-        messages = render_unit(unit, self.nonce, limit)
-        result = (messages, sum(self.counter.message(m) for m in messages))
+        contents = [
+            tool_content(m, self.nonce, unit.step, limit) if isinstance(m, ToolMessage) else None
+            for m in unit.messages
+        ]
+        forms = tuple(_memo_form(m, c, limit) for m, c in zip(unit.messages, contents, strict=True))
+        count = sum(self.counter.message(_shown(m, f)) for m, f in zip(unit.messages, forms, strict=True))
+        result = (forms, count)
         if cacheable:
-            _RENDERED[key] = result
-            if len(_RENDERED) > RENDER_CACHE_SIZE:
-                _RENDERED.popitem(last=False)  # oldest inserted: old units age out
+            with _RENDERED_WRITE:
+                _RENDERED[key] = result
+                if len(_RENDERED) > RENDER_CACHE_SIZE:
+                    del _RENDERED[next(iter(_RENDERED))]  # oldest inserted: old units age out
         return result
 
     def cost(self, unit: Unit, limit: int | None = None) -> int:
         """Count a unit as rendered (in full, or with its tool results cut to `limit`)."""
-        return self.rendered(unit, limit)[1]
+        return self._memo(unit, limit)[1]
 
     def history_tokens(self, units: Sequence[Unit], summary: dict[str, Any] | None) -> int:
         """Count the prompt if every unit were sent in full (after the summary)."""
@@ -396,31 +571,38 @@ class Assembler:
         cut = {u.start for u in plan.cut}
         dropped = [u for u in reversed(plan.dropped)]
         newest_cut = max(cut) if limit_newest is not None and cut else None
-        messages: list[BaseMessage] = [self.system]
+        parts: list[tuple[tuple[BaseMessage, ...], tuple[MemoForm, ...] | None]] = [
+            ((self.system,), None)
+        ]
         tokens = self.fixed  # system prompt, reply priming, tool schemas
         noted = False
         summarised = False
 
-        def add(rendered: tuple[list[BaseMessage], int]) -> None:
+        def add(unit: Unit, limit: int | None = None) -> None:
             nonlocal tokens
-            messages.extend(rendered[0])
-            tokens += rendered[1]
+            forms, count = self._memo(unit, limit)
+            parts.append((unit.messages, forms))
+            tokens += count
+
+        def add_note(note: HumanMessage) -> None:
+            nonlocal tokens
+            parts.append(((note,), None))
+            tokens += self.counter.message(note)
 
         for unit in units:
             if unit.pinned or unit.start in full:
-                add(self.rendered(unit))
+                add(unit)
             elif unit.last <= covered_to:
                 if summary_msg is not None and not summarised:
-                    add(([summary_msg], self.counter.message(summary_msg)))
+                    add_note(summary_msg)
                     summarised = True
             elif unit.start in cut:
-                add(self.rendered(unit, limit_newest if unit.start == newest_cut else limit))
+                add(unit, limit_newest if unit.start == newest_cut else limit)
             elif not noted:
-                note = omission_note(dropped)
-                add(([note], self.counter.message(note)))
+                add_note(omission_note(dropped))
                 noted = True
         return Window(
-            messages=messages,
+            parts=parts,
             tokens=tokens,
             budget=self.budget,
             shown_in_full=len(full),

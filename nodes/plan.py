@@ -228,7 +228,6 @@ def make_plan_node(
             )
         except ContextOverflowError as exc:
             return stopped("error", f"context: {exc}")
-        prompt = window.messages
         spent_on_window = dict(window.usage)
         usage = add_usage(usage, spent_on_window)
         if window.summary is not None:
@@ -269,8 +268,9 @@ def make_plan_node(
             return stopped("global_budget", hold.detail)
         called = time.perf_counter()
         try:
+            # The prompt is rendered here, for the call alone (`Window.messages`).
             response = await asyncio.wait_for(
-                metered(hold, bound.ainvoke(prompt, config={"metadata": {"warden_turn": turn}})),
+                metered(hold, bound.ainvoke(window.messages, config={"metadata": {"warden_turn": turn}})),
                 timeout=max(remaining, 0.001),
             )
         except TimeoutError:

@@ -64,8 +64,9 @@ async def test_a_run_stores_deltas_and_compact_rows(saver: Any, database_url: st
     assert len(result["loop"]["observations"]) == CALLS  # the window (20) is full and whole
 
     channels, row_length = await stored(database_url, thread)
-    # Whole copies: ~2.5 KB of `usage` and ~0.8 KB of `loop` per call; deltas: ~0.5 / 0.06.
-    assert channels["usage"][0] < CALLS * 700
+    # Whole copies: ~2.5 KB of `usage` and ~0.8 KB of `loop` per call; deltas: ~0.13 /
+    # 0.06 (~0.47 KB of `usage` with long keys and the fields the others imply).
+    assert channels["usage"][0] < CALLS * 250
     assert channels["loop"][0] < CALLS * 150
     # Written when they change, not at every step.
     assert channels["objective"][1] == 1
@@ -117,3 +118,30 @@ async def test_a_thread_with_whole_usage_and_loop_values_resumes(
     assert (done["loop"]["strikes"], done["loop"]["last"]) == (1, "earlier")
     reloaded = await app.aget_state(cfg)
     assert reloaded.values["usage"] == usage and reloaded.values["loop"] == done["loop"]
+
+
+async def test_usage_deltas_stream_long_and_are_stored_compact(saver: Any) -> None:
+    """Stream consumers (Studio's node updates, API clients) see usage deltas with their
+    long keys; only the stored writes are compact (the saver's `stored_write`)."""
+    runner = runner_for("warden", make_model(2), make_tool(64), saver, 2)
+    thread = str(uuid.uuid4())
+    config = runner.config(thread)
+    deltas = []
+    async for update in runner.app.astream(
+        {"task": "fetch"}, config, context=runner.ctx, stream_mode="updates", durability="sync"
+    ):
+        for node, written in update.items():
+            usage = (written or {}).get("usage")
+            if node in ("act", "observe") and isinstance(usage, dict):
+                deltas.append(usage)
+    assert deltas and all("steps" in d and "node_seconds" in d for d in deltas)
+    async with saver._cursor() as cur:
+        await cur.execute(
+            "SELECT type, blob FROM checkpoint_writes WHERE thread_id = %s AND channel = 'usage'",
+            (thread,),
+        )
+        rows = await cur.fetchall()
+    loaded = [saver.serde.loads_typed((r["type"], r["blob"])) for r in rows]
+    compact = [v for v in loaded if isinstance(v, dict) and "n" in v]  # node_seconds, short
+    assert len(compact) >= len(deltas)
+    assert not any("node_seconds" in v for v in loaded if isinstance(v, dict))

@@ -23,7 +23,13 @@ import pytest
 from psycopg import errors
 
 from checkpoints.audit_chain import Base, event_hash, verify_chain
-from checkpoints.audit_store import append_events, purge_audit, read_events
+from checkpoints.audit_store import (
+    APPEND_IF_HEAD_SQL,
+    _chain,
+    append_events,
+    purge_audit,
+    read_events,
+)
 from checkpoints.pool import open_pool
 from tests.conftest import call, turn
 from tests.integration.test_cli import Cli, make_cli, one_line_error
@@ -490,6 +496,37 @@ def test_an_append_onto_its_own_last_head_takes_no_lock(database_url: str) -> No
 
     assert asyncio.run(write()) == 2
     assert verify_chain(rows(database_url, thread)) is None
+
+
+def test_the_usual_append_is_one_statement_that_relaxes_its_commit(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock-free append sends one statement (no pipeline of two), and that statement
+    turns synchronous_commit off for its transaction (the step's checkpoint flushes it)."""
+    thread = "one-statement"
+    sent: list[str] = []
+    execute = psycopg.AsyncConnection.execute
+
+    async def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return await execute(self, query, *args, **kwargs)
+
+    async def write() -> None:
+        async with open_pool(database_url) as pool:
+            await append_events(pool, thread_id=thread, run_id="r", node="plan", events=[("a", {})])
+            monkeypatch.setattr(psycopg.AsyncConnection, "execute", counted)
+            await append_events(pool, thread_id=thread, run_id="r", node="act", events=[("b", {})])
+            monkeypatch.undo()
+
+    asyncio.run(write())
+    assert sent == [APPEND_IF_HEAD_SQL]
+    assert verify_chain(rows(database_url, thread)) is None
+    with psycopg.connect(database_url) as conn:  # one transaction, rolled back
+        params, _ = _chain(Base(2, rows(database_url, thread)[-1]["hash"]), thread, "r", "x",
+                           rows(database_url, thread)[-1]["at"], [("c", {})])  # fmt: skip
+        assert conn.execute(APPEND_IF_HEAD_SQL, params).rowcount == 1
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        conn.rollback()
 
 
 def test_awkward_values_hash_the_same_after_a_round_trip_through_jsonb(database_url: str) -> None:

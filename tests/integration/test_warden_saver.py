@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,24 @@ import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 from psycopg.types.json import Jsonb
+from typing_extensions import TypedDict
 
-from checkpoints.warden_saver import WardenSaver, is_compact, version_counter
+from checkpoints.warden_saver import (
+    COUNTERS,
+    COUNTERS_SHORT,
+    STOCK_FORM_SQL,
+    WardenSaver,
+    compact_version,
+    is_compact,
+    version_counter,
+)
 from graph.builder import build_graph, compile_graph
 from graph.context import Context
 from graph.errors import BadInput
+from graph.retention import ACTIVITY_SQL
 from graph.scripted import ScriptedChatModel
 from tests.conftest import call, turn
 from tools.builtin import default_tools
@@ -132,6 +144,7 @@ async def test_delete_for_runs_drops_orphaned_blobs_only(
 ) -> None:
     app, thread = await run_thread(saver, workspace, outbox, reads=1)
     before = await thread_rows(database_url, thread)
+    checkpoints = await loaded(saver, thread)
     first_run = {t.metadata.get("run_id") async for t in saver.alist(config(thread))}
     assert len(first_run) == 1 and None not in first_run
 
@@ -148,6 +161,7 @@ async def test_delete_for_runs_drops_orphaned_blobs_only(
 
     await saver.adelete_for_runs([second_run])
     assert await thread_rows(database_url, thread) == before
+    assert await loaded(saver, thread) == checkpoints  # every value each one references
     state = await app.aget_state(config(thread))
     assert state.values["halt_reason"] == "completed"
     assert [m.content for m in state.values["messages"]][-1] == "done"
@@ -267,3 +281,111 @@ async def test_primitives_are_stored_once_per_change(
     state = await app.aget_state(config(thread))
     assert state.values["run_id"] and state.values["objective"] == "read it"
     assert state.values["halt_reason"] == "completed" and state.values["tainted"] is False
+
+
+async def raw_rows(url: str, thread_id: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Return a thread's stored (checkpoint, metadata) columns, oldest first."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT checkpoint, metadata FROM checkpoints WHERE thread_id = %s ORDER BY checkpoint_id",
+            (thread_id,),
+        )
+        return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def loaded(saver: WardenSaver, thread_id: str) -> list[tuple[Any, Any]]:
+    return [(t.checkpoint, t.metadata) async for t in saver.alist(config(thread_id))]
+
+
+async def test_rows_store_versions_grouped_and_load_as_langgraph_wrote_them(
+    saver: WardenSaver, database_url: str, workspace: Path, outbox: Path
+) -> None:
+    """Rows list the channels that share a version once, under it; loaded, they are
+    LangGraph's dicts, the same as from the stock form the prune SQL puts them in."""
+    app, thread = await run_thread(saver, workspace, outbox, reads=2)
+    rows = await raw_rows(database_url, thread)
+    for checkpoint, metadata in rows:
+        assert "versions_seen" not in checkpoint and "seen" in checkpoint
+        assert set(checkpoint["channel_versions"]) <= {"messages", "usage", "loop"}
+        assert COUNTERS not in metadata
+    assert all(COUNTERS_SHORT in metadata for _, metadata in rows[1:])
+    last = rows[-1][0]
+    assert len(last["grouped"]) < sum(len(channels) for channels in last["grouped"].values())
+    names = {name for channels in last["grouped"].values() for name in channels}
+    assert ">plan" in names and not any(name.startswith("branch:to:") for name in names)
+    assert all(isinstance(checkpoint["ts"], int) for checkpoint, _ in rows)  # from the id
+    before = await loaded(saver, thread)
+    latest = before[0][0]
+    assert all(datetime.fromisoformat(c["ts"]).tzinfo == UTC for c, _ in before)
+    async with saver._cursor() as cur:
+        await cur.execute(ACTIVITY_SQL)
+        activity = {r["thread_id"]: r["last_activity"] for r in await cur.fetchall()}
+    assert activity[thread] == max(datetime.fromisoformat(c["ts"]) for c, _ in before)
+    assert {"run_id", "objective", "messages", "branch:to:plan"} <= set(latest["channel_versions"])
+    assert latest["versions_seen"]["plan"] == {"branch:to:plan": latest["versions_seen"]["plan"]["branch:to:plan"]}
+    assert all(COUNTERS in metadata for _, metadata in before[:-1])
+
+    async with saver._cursor() as cur:
+        await cur.execute(STOCK_FORM_SQL, ([thread],))
+    stock_rows = await raw_rows(database_url, thread)
+    assert not any({"grouped", "seen"} & set(checkpoint) for checkpoint, _ in stock_rows)
+    assert not any(COUNTERS_SHORT in metadata for _, metadata in stock_rows)
+    assert await loaded(saver, thread) == before
+    state = await app.aget_state(config(thread))
+    assert state.values["halt_reason"] == "completed" and len(state.values["messages"]) == 6
+
+
+class Pair(TypedDict):
+    kept: list[str]
+    changed: list[str]
+
+
+async def test_keep_latest_prune_keeps_what_stock_rows_and_grouped_rows_share(
+    saver: WardenSaver,
+) -> None:
+    """A thread the stock saver began and Warden continued: a value neither changed since
+    is referenced by stock rows (flat) and Warden's (grouped); pruning the stock rows
+    must not take its blob."""
+    builder = StateGraph(Pair)
+    builder.add_node("step", lambda state: {"changed": [*state["changed"], "x"]})
+    builder.add_edge(START, "step")
+    builder.add_edge("step", END)
+    thread = str(uuid.uuid4())
+    stock = builder.compile(checkpointer=AsyncPostgresSaver(saver.conn))
+    await stock.ainvoke({"kept": ["stock value"], "changed": []}, config(thread), durability="sync")
+    warden = builder.compile(checkpointer=saver)
+    await warden.ainvoke({"changed": ["warden"]}, config(thread), durability="sync")
+    before = await warden.aget_state(config(thread))
+    assert before.values == {"kept": ["stock value"], "changed": ["warden", "x"]}
+
+    await saver.aprune([thread], strategy="keep_latest")
+    assert len([t async for t in saver.alist(config(thread))]) == 1
+    after = await warden.aget_state(config(thread))
+    assert after.values == before.values
+
+
+async def test_delete_for_runs_keeps_a_trigger_value_another_run_references(
+    saver: WardenSaver, database_url: str
+) -> None:
+    """Two runs' checkpoints reference one value of a trigger channel (`grouped` lists it
+    as ">node"): deleting one run keeps the value for the other."""
+    thread = str(uuid.uuid4())
+    version = compact_version(1)
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"branch:to:node": None, "kept": ["value"]}
+    checkpoint["channel_versions"] = {"branch:to:node": version, "kept": version}
+    first = await saver.aput(
+        config(thread), checkpoint, {"run_id": "one"}, dict(checkpoint["channel_versions"])
+    )
+    second = empty_checkpoint() | {
+        "channel_values": checkpoint["channel_values"],
+        "channel_versions": checkpoint["channel_versions"],
+    }
+    await saver.aput(first, second, {"run_id": "two"}, {})
+    rows = await raw_rows(database_url, thread)
+    assert all(row["grouped"] == {version: [">node", "kept"]} for row, _ in rows)
+
+    await saver.adelete_for_runs(["two"])
+    kept = await saver.aget_tuple(config(thread))
+    assert kept is not None and kept.metadata["run_id"] == "one"
+    assert kept.checkpoint["channel_values"] == {"branch:to:node": None, "kept": ["value"]}

@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import random
 import string
+import uuid
 from typing import Any
 
 import pytest
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from checkpoints.warden_saver import WardenSaver, compact_version, is_compact, version_counter
+from checkpoints.warden_saver import (
+    WardenSaver,
+    compact_version,
+    decode_ts,
+    encode_ts,
+    is_compact,
+    version_counter,
+)
 from graph.loops import push
 from graph.state import (
     LoopUpdate,
     add_loop_batch,
     add_usage,
     add_usage_batch,
+    compact_usage,
     empty_loop_state,
     empty_usage,
+    expand_usage,
     merge_usage,
+    usage_spent,
 )
 
 USAGE_DELTAS: list[dict[str, Any]] = [
@@ -139,3 +151,56 @@ def test_versions_of_one_step_differ_by_their_tag() -> None:
     assert len(versions) == 50
     assert {version_counter(v) for v in versions} == {63}
     assert all(set(v) <= set(string.ascii_letters + string.digits) for v in versions)
+
+
+SUMMARY_ONLY: dict[str, Any] = {
+    # The summary model's usage as `plan` merges it: by_model counts it, model_calls not.
+    "by_model": {"s": {"calls": 1, "input_tokens": 700, "output_tokens": 60, "cost_usd": 1.4e-04}},
+    "input_tokens": 700, "output_tokens": 60, "cost_usd": 1.4e-04, "summary_calls": 1,
+}
+
+
+@pytest.mark.parametrize("delta", [*USAGE_DELTAS, SUMMARY_ONLY, {}])
+def test_compact_usage_deltas_add_up_as_the_long_ones(delta: dict[str, Any]) -> None:
+    """Nodes write deltas with short keys and without what the rest implies; they add
+    to the counters (and to older, long deltas) exactly as the long form does."""
+    compact = compact_usage(delta)
+    start = add_usage(None, USAGE_DELTAS[1])
+    assert add_usage(start, compact) == add_usage(start, delta)
+    assert add_usage_batch(start, [compact, USAGE_DELTAS[2]]) == add_usage_batch(start, [delta, USAGE_DELTAS[2]])
+    assert merge_usage(compact, USAGE_DELTAS[0]) == merge_usage(delta, USAGE_DELTAS[0])
+    assert {k: v for k, v in usage_spent(compact).items() if v or k in delta} == delta
+    if delta:
+        assert len(JsonPlusSerializer().dumps_typed(compact)[1]) < len(JsonPlusSerializer().dumps_typed(delta)[1]) / 2
+
+
+def test_a_node_step_is_written_in_a_quarter_of_the_bytes() -> None:
+    """What `plan`, `act` and `observe` write per tool call: ~470 bytes long, ~130 compact."""
+    long, short = (sum(len(JsonPlusSerializer().dumps_typed(f(d))[1]) for d in USAGE_DELTAS[:3])
+                   for f in (dict, compact_usage))
+    assert short * 3 < long
+    assert [expand_usage(compact_usage(d)) for d in USAGE_DELTAS[:3]] == USAGE_DELTAS[:3]
+
+
+@pytest.mark.parametrize(
+    "ts",
+    ["2026-11-21T14:11:45.238268+00:00", "2026-11-21T14:11:44+00:00",
+     "2024-05-04T06:32:42.235444+00:00"],
+)
+def test_a_timestamp_is_stored_as_microseconds_from_its_checkpoint_id(ts: str) -> None:
+    checkpoint_id = "1f1e5b57-b8af-6043-bfff-6e7e21c0c996"  # uuid6 of 14:11:44.974035 UTC
+    stored = encode_ts(ts, checkpoint_id)
+    assert isinstance(stored, int) and decode_ts(stored, checkpoint_id) == ts
+
+
+@pytest.mark.parametrize(
+    ("ts", "checkpoint_id"),
+    [("2026-11-21T16:11:45.238268+02:00", "1f1e5b57-b8af-6043-bfff-6e7e21c0c996"),  # not UTC
+     ("2026-11-21T14:11:45.238268", "1f1e5b57-b8af-6043-bfff-6e7e21c0c996"),  # naive
+     ("2026-11-21T14:11:44.000000+00:00", "1f1e5b57-b8af-6043-bfff-6e7e21c0c996"),  # not isoformat()
+     ("2026-11-21T14:11:45.238268+00:00", "1"),  # not a uuid6 id
+     ("2026-11-21T14:11:45.238268+00:00", str(uuid.uuid4())),
+     ("not a time", "1f1e5b57-b8af-6043-bfff-6e7e21c0c996")],
+)
+def test_other_timestamps_are_stored_as_they_are(ts: str, checkpoint_id: str) -> None:
+    assert encode_ts(ts, checkpoint_id) == ts and decode_ts(ts, checkpoint_id) == ts

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import secrets
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 
 from graph.context import Context
@@ -16,6 +17,7 @@ from graph.injection import fence
 from graph.scripted import ScriptedChatModel
 from graph.settings import load_config_file
 from nodes.context_window import (
+    _RENDERED,
     DEFAULT_CONTEXT_WINDOW,
     Assembler,
     Unit,
@@ -27,6 +29,7 @@ from nodes.context_window import (
 from nodes.tokens import (
     OFFLINE_ENCODING,
     TokenCounter,
+    encoding,
     has_own_counter,
     head,
     offline_tokens,
@@ -189,14 +192,47 @@ def test_a_huge_newest_result_is_cut_to_the_room_left() -> None:
 
 def test_rendering_a_result_copies_none_of_its_data() -> None:
     # plan renders the whole history at every step: the fenced result must reuse the
-    # history's string (three text blocks), not hold a second copy of every result.
+    # history's string (one of its text blocks), not hold a second copy of every result.
     data = secrets.token_hex(1536)
     message = ToolMessage(content=data, tool_call_id="call_1_1", name="fetch")
     shown = render_tool_message(message, NONCE, step=1)
     blocks = shown.content
-    assert isinstance(blocks, list) and [b["type"] for b in blocks] == ["text"] * 3
-    assert blocks[1]["text"] is data
+    assert isinstance(blocks, list) and [b["type"] for b in blocks] == ["text"] * 4
+    assert blocks[2]["text"] is data
     assert shown.text == fence(data, NONCE, tool="fetch", call_id="call_1_1", step=1)
+
+
+def test_the_render_memo_keeps_no_rendered_message_nor_the_data() -> None:
+    # The memo outlives each prompt (it spans steps and runs): holding the rendered
+    # messages kept a copy of every tool result of every live run in a busy worker.
+    # (Results cut to a limit are kept rendered; none is cut here.)
+    nonce = secrets.token_hex(8)
+    data = secrets.token_hex(1536)
+    neutralised = f"see {nonce}"  # neutralising changes it: the new text is kept
+    history: list[Any] = [
+        HumanMessage(content="task", id="h"),
+        ai(1, "a", "b"),
+        result("a", data),
+        result("b", neutralised),
+    ]
+    assembler = Assembler(
+        ctx=Context(), model=ScriptedChatModel.from_turns([{"content": "x"}]), nonce=nonce, offered=[]
+    )
+    before = sys.getrefcount(data)
+    window = assembler.assemble(history, [])
+    # Nor does the window: its prompt is rendered when taken (plan takes it for the
+    # model call alone), so the copies go with the call.
+    assert sys.getrefcount(data) == before
+    first = window.messages
+    assert first[-2].content[2]["text"] is data  # type: ignore[index]
+    again = assembler.assemble(history, [])  # from the memo
+    assert again.messages == first and again.tokens == window.tokens
+    assert again.messages[-2].content[2]["text"] is data  # type: ignore[index]
+    assert again.messages[-1].text == fence(f"see {nonce}", nonce, tool="fetch", call_id="b", step=1)
+    del first, again
+    assert sys.getrefcount(data) == before
+    entries = [forms for key, (forms, _) in _RENDERED.items() if key[1] == nonce and key[-1] is None]
+    assert entries and not any(isinstance(f, BaseMessage) for forms in entries for f in forms)
 
 
 def test_token_memos_keep_no_reference_to_the_text() -> None:
@@ -212,5 +248,112 @@ def test_a_rendered_result_counts_as_its_joined_text() -> None:
     # Counted block by block (so the data's count is reused under a new nonce), the
     # total equals counting the joined text.
     data = "line one\nline two " + secrets.token_hex(300)
-    shown = render_tool_message(ToolMessage(content=data, tool_call_id="c1", name="fetch"), NONCE, 2)
-    assert offline_tokens(shown) == text_tokens(shown.text)
+    for k in range(300):  # random nonces: digits and letters meet the split either way
+        nonce = secrets.token_hex(8)
+        name = None if k % 3 == 0 else "fetch"
+        message = ToolMessage(
+            content=data, tool_call_id=f"c{k}", name=name, status="error" if k % 2 else "success"
+        )
+        shown = render_tool_message(message, nonce, k)
+        assert offline_tokens(shown) == text_tokens(shown.text)
+        # A cut result's note ends in "]" before the closing line's newline, which the
+        # joined text tokenises together: counted apart it is at most a token more.
+        cut = render_tool_message(message, nonce, k, limit=20)
+        assert 0 <= offline_tokens(cut) - text_tokens(cut.text) <= 1
+
+
+def test_a_new_runs_first_prompt_counts_from_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed run has a new nonce, so every shown result is rendered again; only the
+    # nonce's own block is new text to tokenise, not one opening line per result.
+    history: list[Any] = [HumanMessage(content="task", id="h")]
+    for n in range(60):
+        history += [ai(n, f"c{n}"), result(f"c{n}", secrets.token_hex(64))]
+    model = ScriptedChatModel.from_turns([{"content": "x"}])
+    ctx = Context(context_budget_tokens=20_000, truncate_tool_tokens=40)
+    Assembler(ctx=ctx, model=model, nonce=secrets.token_hex(8), offered=[]).assemble(history, [])
+    encoded: list[str] = []
+    encoder = type(encoding())
+    encode = encoder.encode
+
+    def counting(self: Any, text: str, **kwargs: Any) -> list[int]:
+        encoded.append(text)
+        return encode(self, text, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", counting)
+    window = Assembler(ctx=ctx, model=model, nonce=secrets.token_hex(8), offered=[]).assemble(
+        history, []
+    )
+    assert window.shown_in_full + window.truncated > 50
+    assert len(encoded) <= 8
+
+
+class CountingHistory(list[Any]):
+    """A history that counts the messages read from it by index."""
+
+    reads = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        CountingHistory.reads += 1
+        return super().__getitem__(index)
+
+
+def shape(units: list[Unit]) -> list[tuple[int, list[str | None], int, bool]]:
+    return [(u.start, [m.id for m in u.messages], u.step, u.pinned) for u in units]
+
+
+def test_a_grown_history_is_grouped_from_where_it_was() -> None:
+    # plan groups the history at every step: a step's few new messages cost the work,
+    # not the whole history again.
+    history: list[Any] = [HumanMessage(content="task", id="h")]
+    for n in range(400):
+        history += [ai(n, f"c{n}"), result(f"c{n}")]
+    units_of(history)
+    grown = CountingHistory([*history, ai(400, "c400"), result("c400")])
+    CountingHistory.reads = 0
+    units = units_of(grown)
+    assert CountingHistory.reads < 60
+    fresh = [m.model_copy() for m in grown]  # other objects: grouped from scratch
+    assert shape(units) == shape(units_of(fresh))
+
+
+def test_grouping_from_a_prefix_equals_grouping_from_scratch() -> None:
+    # Histories that grow step by step, with new tasks, Warden's notes, orphan
+    # results, results that arrive a step after their call, and edits that are not
+    # growth (a replaced or removed message): always the from-scratch grouping.
+    rng = secrets.SystemRandom()
+    for trial in range(40):
+        history: list[Any] = []
+        pending: list[str] = []
+        for k in range(60):
+            roll = rng.random()
+            if roll < 0.1:
+                history.append(HumanMessage(content=f"task {k}", id=f"h{trial}-{k}"))
+            elif roll < 0.15:
+                history.append(HumanMessage(content="note", name="warden", id=f"w{trial}-{k}"))
+            elif roll < 0.45:
+                pending = [f"c{trial}-{k}-{j}" for j in range(rng.randint(0, 2))]
+                history.append(ai(k, *pending))
+                history[-1].id = f"ai{trial}-{k}"
+            elif roll < 0.8 and pending:
+                history.append(result(pending.pop(0)))
+            elif roll < 0.85:
+                history.append(result(f"orphan{trial}-{k}"))
+            elif roll < 0.9 and history:
+                history = history[: rng.randrange(len(history))]  # not growth
+            elif history:
+                index = rng.randrange(len(history))
+                history = [*history[:index], history[index].model_copy(), *history[index + 1 :]]
+            grouped = units_of(list(history))
+            assert shape(grouped) == shape(units_of([m.model_copy() for m in history])), (trial, k)
+
+
+def test_grouping_keeps_one_entry_per_growing_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Memory: a run's steps replace their entry instead of adding one per step.
+    from nodes import context_window
+
+    monkeypatch.setattr(context_window, "_UNITS", OrderedDict())
+    history: list[Any] = [HumanMessage(content="task", id="h-one-entry")]
+    for n in range(30):
+        history = [*history, ai(n, f"e{n}"), result(f"e{n}")]
+        units_of(history)
+    assert len(context_window._UNITS) == 1

@@ -11,6 +11,7 @@ span covers it. Run with `-s` to see the table.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -186,3 +187,43 @@ def test_redaction_stays_linear_on_large_adversarial_input(unit: str) -> None:
     started = time.perf_counter()
     redact(text)
     assert time.perf_counter() - started < 3.0
+
+
+# One example per `_TOKEN_PATTERNS` entry, in order: a new pattern needs an example here.
+TOKEN_EXAMPLES = [
+    "key sk-proj-" + "A1b2" * 6,
+    "stripe sk_live_" + "a1B2" * 5,
+    "gh token ghp_" + "a1B2" * 10,
+    "github_pat_" + "A1b2_" * 5,
+    "glpat-" + "a1B2" * 6,
+    "aws AKIA" + "ABCD1234" * 2,
+    "slack xoxb-" + "1234-abcd" * 2,
+    "google AIza" + "a1B2c3D4e5" * 3 + "a1B2c",
+    "hf_" + "a1B2" * 8,
+    "npm_" + "a1B2" * 9,
+    "jwt eyJhbGciOiJI.eyJzdWIiOiIx.SflKxwRJSMeK",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+]
+
+
+def test_every_token_pattern_has_an_example_that_its_hints_admit() -> None:
+    from graph import redaction
+
+    assert len(TOKEN_EXAMPLES) == len(redaction._TOKEN_PATTERNS)
+    for pattern, text in zip(redaction._TOKEN_PATTERNS, TOKEN_EXAMPLES, strict=True):
+        assert re.search(pattern, text), (pattern, text)
+        assert redaction._hinted(text, redaction._TOKEN_HINTS), text
+        assert [s.kind for s in find(text)] == ["secret"], text
+
+
+def test_prefilters_never_change_what_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint checks only skip work: with them forced open, every text finds the same."""
+    from graph import redaction
+
+    texts = [row["text"] for row in load_corpus()] + TOKEN_EXAMPLES + [
+        "WhatsApp: +44 7700 900123", "Call 415.555.2671 now", "PASSWORD=Hunter22!",
+        "Authorization: Bearer abcdefghijklmnop1234", "SSN 123456789", "\u017fecret: Zq9#long",  # long s: IGNORECASE folds it to s
+    ]  # fmt: skip
+    hinted = [find(t) for t in texts]
+    monkeypatch.setattr(redaction, "_hinted", lambda text, hints: True)
+    assert [find(t) for t in texts] == hinted
