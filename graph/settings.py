@@ -212,6 +212,9 @@ class EmailTable(_Table):
     password_env: str | None = Field(
         default=None, description="Environment variable holding the SMTP password."
     )
+    timeout: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds each SMTP exchange may take."
+    )
 
 
 class SqlTable(_Table):

@@ -56,6 +56,7 @@ def build_toolset(workspace: Path, data_dir: Path, config: ConfigFile) -> list[T
                 host=email.host,
                 port=email.port,
                 sender=email.sender,
+                timeout=email.timeout,
                 use_starttls=email.starttls,
                 username=email.username,
                 password=_env(email.password_env, "email") if email.password_env else None,

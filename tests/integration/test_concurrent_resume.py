@@ -3,6 +3,10 @@
 Stock LangGraph runs an approved call in both (each resume forks the thread). Warden's
 per-thread lock makes the second process fail fast with a one-line "busy" error (exit
 1); the email reaches the real SMTP server exactly once.
+
+The SMTP server holds its reply until the loser has exited, so the winner provably
+holds the thread while the loser looks at it, whatever the machine's load. (A fixed
+model delay instead let a loser that started late find the thread just released.)
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -24,8 +30,8 @@ from tools.email import message_id_for
 pytestmark = pytest.mark.slow
 
 WARDEN = Path(sys.executable).parent / "warden"
-# Long enough that the loser starts while the winner still holds the thread.
-HOLD_S = 8.0
+# The SMTP timeout, far above how long the loser takes to start, look and exit.
+SMTP_TIMEOUT_S = 110
 
 
 def test_two_resumes_of_one_approval_run_it_once(
@@ -34,15 +40,19 @@ def test_two_resumes_of_one_approval_run_it_once(
     script = write_script(
         [
             turn("tell ops", call("send_email", to="ops@example.com", subject="s", body="b")),
-            {**turn("ops told"), "delay_seconds": HOLD_S},
+            turn("ops told"),
         ]
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "WARDEN_MODEL")}
     env |= {"WARDEN_DATABASE_URL": database_url, "WARDEN_DATA_DIR": str(tmp_path / "data")}
     thread = f"race-{uuid.uuid4()}"
-    with smtp_server() as (inbox, port):
+    gate = threading.Event()
+    with smtp_server(gate=gate) as (inbox, port):
         config = tmp_path / "warden.toml"
-        config.write_text(f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n')
+        config.write_text(
+            f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n'
+            f"timeout = {SMTP_TIMEOUT_S}\n"
+        )
         first = subprocess.run(
             [
                 str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
@@ -60,7 +70,16 @@ def test_two_resumes_of_one_approval_run_it_once(
             )
             for i in range(2)
         ]
+        try:
+            # The winner is stuck in the SMTP exchange, lock held: only the loser ends.
+            deadline = time.monotonic() + 90
+            while all(p.poll() is None for p in resumes) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            first_out = [p.returncode for p in resumes if p.returncode is not None]
+        finally:
+            gate.set()
         ended = [(p.wait(timeout=120), *p.communicate()) for p in resumes]
+        assert first_out == [1], ended
         codes = sorted(code for code, _, _ in ended)
         assert codes == [0, 1], ended
         [(_, won, _)] = [e for e in ended if e[0] == 0]

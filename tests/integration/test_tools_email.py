@@ -6,6 +6,7 @@ import email
 import email.policy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +14,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from langchain_core.messages import ToolCall
 
+from graph.settings import ConfigFile
+from graph.toolset import build_toolset
 from nodes.act import execute
 from tests.support.net import free_port
+from tests.support.smtp import smtp_server
 from tools.email import message_id_for, smtp_email_tool
 from tools.errors import ToolError, TransientToolError
 from tools.registry import ToolSpec
@@ -230,3 +234,22 @@ async def test_arguments_are_validated_before_sending(
     assert message.status == "error"
     assert message.response_metadata["warden"]["error"] == "invalid_arguments"
     assert mailbox.messages == [] and mailbox.rcpt_attempts == []
+
+
+async def test_config_timeout_reaches_the_smtp_exchange(tmp_path: Path) -> None:
+    """`[email] timeout` bounds each exchange: a reply slower than it is in doubt."""
+    with smtp_server(hold=1.5) as (inbox, port):
+        table = {"host": "127.0.0.1", "port": port, "sender": SENDER}
+        [slow] = [
+            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 0.3}))
+            if s.name == "send_email"
+        ]
+        assert slow.timeout == pytest.approx(1.2)
+        with pytest.raises(ToolError, match="may or may not have been delivered"):
+            await slow.tool.ainvoke(ARGS)
+        [patient] = [
+            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 5}))
+            if s.name == "send_email"
+        ]
+        assert "email sent to alice@example.com" in await patient.tool.ainvoke(ARGS)
+        assert len(inbox.messages) == 2  # the slow reply's message arrived: truly in doubt
