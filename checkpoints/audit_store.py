@@ -74,8 +74,8 @@ LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('warden-audit:' || %s,
 APPEND_IF_HEAD_SQL = f"""
 INSERT INTO warden_audit (thread_id, run_id, seq, at, node, kind, payload, prev_hash, hash)
 SELECT %(t)s, %(run)s, e.seq, %(at)s, %(node)s, e.kind, e.payload::jsonb, e.prev_hash, e.hash
-FROM unnest(%(seqs)s::bigint[], %(kinds)s::text[], %(payloads)s::text[],
-            %(prevs)s::text[], %(hashes)s::text[]) AS e(seq, kind, payload, prev_hash, hash)
+FROM unnest(%(seqs)b::bigint[], %(kinds)b::text[], %(payloads)b::text[],
+            %(prevs)b::text[], %(hashes)b::text[]) AS e(seq, kind, payload, prev_hash, hash)
 -- RELAX_SQL inside the statement: the setting only matters when the transaction
 -- commits, and one statement outside a pipeline is half the client work of two in one.
 CROSS JOIN ({RELAX_SQL}) AS relax

@@ -46,4 +46,8 @@ async def open_saver(
             await migrate(pool)
         else:
             await ensure_migrated(pool)
-        yield WardenSaver(pool)  # type: ignore[arg-type]
+        saver = WardenSaver(pool)  # type: ignore[arg-type]
+        try:
+            yield saver
+        finally:
+            await saver.flush_held()  # a cancelled run's last writes, before the pool closes

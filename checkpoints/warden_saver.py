@@ -16,6 +16,15 @@ replacing it. What it changes:
   before, were also one round trip, but psycopg's work per statement was the largest
   CPU cost of checkpointing. `adelete_thread` keeps the stock pipeline (one implicit
   transaction).
+- A super-step is one statement: a task's ordinary writes wait in memory and go in
+  with the step's checkpoint, in the same statement (`PUT_STEP_SQL`). Special writes
+  (errors, interrupts, resumes) are stored at once, and take any held writes with
+  them; every read (`aget_tuple`, `alist`, the DeltaChannel walk, `acopy_thread`)
+  first stores what is held for its thread, so in-process callers see the stock
+  saver's state. What changes is only the crash window between a task's end and its
+  step's checkpoint (about a millisecond): a crash there loses the task's writes, so
+  the task runs again on resume, as it would had the crash come a moment earlier.
+  Warden's tools are safe to re-run (the ledger, `tools/ledger.py`).
 - Shorter channel versions (`get_next_version`, `compact_version`): every checkpoint
   row lists a version per channel and per node, so 52-character versions were half of
   each row.
@@ -34,10 +43,12 @@ replacing it. What it changes:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import string
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +60,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    DeltaChannelHistory,
     get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
@@ -63,6 +75,12 @@ from checkpoints.pool import WardenPool, wait_for_connection
 from checkpoints.serde import WardenSerializer
 from graph.errors import BadInput
 from graph.state import USAGE_SHORT, compact_usage
+
+logger = logging.getLogger(__name__)
+
+# A held write row: (task_id, task_path, idx, channel, type, blob).
+HeldRow = tuple[str, str, int, str, str, bytes]
+HeldKey = tuple[str, str, str]  # (thread_id, checkpoint_ns, checkpoint_id)
 
 # LangGraph's metadata key for DeltaChannel counters, the longest key of every row, and
 # the short one Warden stores it under (put back on load and before a stock prune).
@@ -197,7 +215,7 @@ FROM gone CROSS JOIN LATERAL {versions} AS v
 # Blobs freed by the deletion that no remaining checkpoint of their thread references.
 DELETE_UNREFERENCED_BLOBS_SQL = f"""
 DELETE FROM checkpoint_blobs b
-USING unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS f(thread_id, ns, channel, version)
+USING unnest(%b::text[], %b::text[], %b::text[], %b::text[]) AS f(thread_id, ns, channel, version)
 WHERE b.thread_id = f.thread_id AND b.checkpoint_ns = f.ns
   AND b.channel = f.channel AND b.version = f.version
   AND NOT EXISTS (
@@ -218,7 +236,7 @@ PUT_CHECKPOINT_SQL = """
 WITH blobs AS (
     INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
     SELECT %(thread_id)s, %(ns)s, b.channel, b.version, b.type, b.blob
-    FROM unnest(%(channels)s::text[], %(versions)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+    FROM unnest(%(channels)b::text[], %(versions)b::text[], %(types)b::text[], %(blobs)b::bytea[])
         AS b(channel, version, type, blob)
     ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
 )
@@ -228,12 +246,32 @@ ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
 DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
 """
 
+# A step's checkpoint with the writes its tasks made since the previous one (held in
+# memory by `aput_writes`), as one statement: the writes ride in a second CTE. The writes
+# belong to the parent checkpoint (the one the tasks ran from), as LangGraph keys them.
+PUT_STEP_SQL = PUT_CHECKPOINT_SQL.replace(
+    "\n)\nINSERT INTO checkpoints",
+    """
+), writes AS (
+    INSERT INTO checkpoint_writes
+        (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
+    SELECT %(thread_id)s, %(ns)s, %(parent_id)s, w.task_id, w.task_path, w.idx, w.channel,
+           w.type, w.blob
+    FROM unnest(%(w_tasks)b::text[], %(w_paths)b::text[], %(w_idx)b::int[],
+                %(w_channels)b::text[], %(w_types)b::text[], %(w_blobs)b::bytea[])
+        AS w(task_id, task_path, idx, channel, type, blob)
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+)
+INSERT INTO checkpoints""",
+    1,
+)
+
 PUT_WRITES_SQL = """
 INSERT INTO checkpoint_writes
     (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob)
 SELECT %(thread_id)s, %(ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s,
        w.idx, w.channel, w.type, w.blob
-FROM unnest(%(idx)s::int[], %(channels)s::text[], %(types)s::text[], %(blobs)s::bytea[])
+FROM unnest(%(idx)b::int[], %(channels)b::text[], %(types)b::text[], %(blobs)b::bytea[])
     AS w(idx, channel, type, blob)
 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO {action}
 """
@@ -243,6 +281,23 @@ UPSERT_WRITES_SQL = PUT_WRITES_SQL.format(
     action="UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
 )
 INSERT_WRITES_SQL = PUT_WRITES_SQL.format(action="NOTHING")
+# Held writes stored without a checkpoint (`WardenSaver.flush_held`).
+PUT_HELD_SQL = PUT_STEP_SQL[
+    PUT_STEP_SQL.index("INSERT INTO checkpoint_writes") : PUT_STEP_SQL.index("\n)\nINSERT INTO checkpoints")
+]
+
+
+def _held_params(held: list[HeldRow]) -> dict[str, list[Any]]:
+    """The arrays PUT_STEP_SQL and PUT_HELD_SQL unnest into write rows."""
+    tasks, paths, idx, channels, types, blobs = zip(*held, strict=True)
+    return {
+        "w_tasks": list(tasks),
+        "w_paths": list(paths),
+        "w_idx": list(idx),
+        "w_channels": list(channels),
+        "w_types": list(types),
+        "w_blobs": list(blobs),
+    }
 
 # Version digits in ASCII order, so compact versions compare as strings in counter order.
 DIGITS = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -467,6 +522,16 @@ class WardenSaver(DeltaHistorySaver):
     """How long a query waits for a busy pool that is not a `WardenPool` (an embedder's
     own), and in what slices (`checkpoints.pool.wait_for_connection`)."""
 
+    hold_at_most: float = 0.5
+    """Seconds a task's writes may wait for their step's checkpoint before they are
+    stored on their own (a step that never checkpoints: a cancelled run)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Writes waiting for their step's checkpoint (see the module docstring).
+        self._held: dict[HeldKey, list[HeldRow]] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
+
     def get_next_version(self, current: str | int | None, channel: None) -> str:
         """Return the next version in Warden's compact form (see `compact_version`)."""
         return compact_version(1 if current is None else version_counter(current) + 1)
@@ -517,10 +582,16 @@ class WardenSaver(DeltaHistorySaver):
         }
         blob_versions = {k: v for k, v in new_versions.items() if k in blob_values}
         rows = self._dump_blobs(thread_id, checkpoint_ns, blob_values, blob_versions)
+        held = (
+            self._held.pop((thread_id, checkpoint_ns, checkpoint_id), None)
+            if self._held and checkpoint_id
+            else None
+        )
         async with self._cursor() as cur:
             await cur.execute(
-                PUT_CHECKPOINT_SQL,
+                PUT_STEP_SQL if held else PUT_CHECKPOINT_SQL,
                 {
+                    **(_held_params(held) if held else {}),
                     "thread_id": thread_id,
                     "ns": checkpoint_ns,
                     "channels": [r[2] for r in rows],
@@ -551,6 +622,22 @@ class WardenSaver(DeltaHistorySaver):
         `aput` serialises its blobs on the loop already.
         """
         configurable = config["configurable"]
+        key: HeldKey = (
+            configurable["thread_id"], configurable["checkpoint_ns"], configurable["checkpoint_id"]
+        )
+        if task_path and not any(channel in WRITES_IDX_MAP for channel, _ in writes):
+            # A running task's ordinary writes: its step's checkpoint takes them along.
+            held = self._held.get(key)
+            if held is None:
+                self._held[key] = held = []
+                self.loop.call_later(self.hold_at_most, self._expire, key, held)
+            held += (
+                (task_id, task_path, idx, channel, *self.serde.dumps_typed(stored_write(channel, value)))
+                for idx, (channel, value) in enumerate(writes)
+            )
+            return
+        if self._held:
+            await self._store_held(self._held.pop(key, None), key)  # keep the stock order
         upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
         # One row per index, the one the stock saver's row-by-row statements would
         # leave: the last when they upsert, the first when they skip conflicts (and
@@ -582,6 +669,70 @@ class WardenSaver(DeltaHistorySaver):
                     "blobs": [r[2] for r in rows.values()],
                 },
             )
+
+    async def _store_held(self, held: list[HeldRow] | None, key: HeldKey) -> None:
+        """Store held writes on their own (no checkpoint takes them)."""
+        if not held:
+            return
+        async with self._cursor() as cur:
+            await cur.execute(
+                PUT_HELD_SQL,
+                {"thread_id": key[0], "ns": key[1], "parent_id": key[2], **_held_params(held)},
+            )
+
+    async def flush_held(self, thread_id: str | None = None) -> None:
+        """Store the writes still waiting for a checkpoint: the thread's, or all."""
+        keys = [k for k in self._held if thread_id is None or k[0] == thread_id]
+        for key in keys:
+            await self._store_held(self._held.pop(key, None), key)
+
+    def _expire(self, key: HeldKey, held: list[HeldRow]) -> None:
+        """Store writes that waited `hold_at_most` for a checkpoint that did not come."""
+        if self._held.get(key) is not held:
+            return  # taken by their checkpoint, or stored already
+        del self._held[key]
+        task = self.loop.create_task(self._store_held(held, key))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("storing held checkpoint writes failed: %s", exc)
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """Load a checkpoint as the stock saver does, after storing held writes."""
+        if self._held:
+            await self.flush_held(config["configurable"]["thread_id"])
+        return await super().aget_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """List checkpoints as the stock saver does, after storing held writes."""
+        if self._held:
+            await self.flush_held(config["configurable"]["thread_id"] if config else None)
+        async for item in super().alist(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """Walk DeltaChannel history (`DeltaHistorySaver`), after storing held writes."""
+        if self._held:
+            await self.flush_held(config["configurable"]["thread_id"])
+        return await super().aget_delta_channel_history(config=config, channels=channels)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Delete a thread as the stock saver does, with the writes it holds."""
+        for key in [k for k in self._held if k[0] == str(thread_id)]:
+            del self._held[key]
+        await super().adelete_thread(thread_id)
 
     @staticmethod
     def _stored_metadata(config: RunnableConfig, metadata: CheckpointMetadata) -> dict[str, Any]:
@@ -652,6 +803,8 @@ class WardenSaver(DeltaHistorySaver):
         """Prune as the stock saver does, after putting the threads' rows back in the
         stock form, which its SQL reads (which blobs a row references, whether a thread
         uses a DeltaChannel). The kept rows stay in that form; both load."""
+        if self._held:
+            await self.flush_held()
         if strategy == "keep_latest" and not isinstance(thread_ids, str) and thread_ids:
             async with self._cursor() as cur:
                 await cur.execute(STOCK_FORM_SQL, ([str(t) for t in thread_ids],), prepare=False)
@@ -664,6 +817,8 @@ class WardenSaver(DeltaHistorySaver):
         histories would interleave unrelated parent chains.
         """
         src, dst = str(source_thread_id), str(target_thread_id)
+        if self._held:
+            await self.flush_held(src)
         async with self._cursor() as cur, cur.connection.transaction():
             await cur.execute(TARGET_EXISTS_SQL, (dst,))
             row = await cur.fetchone()
@@ -684,6 +839,8 @@ class WardenSaver(DeltaHistorySaver):
         runs = [str(r) for r in run_ids]
         if not runs:
             return
+        if self._held:
+            await self.flush_held()
         async with self._cursor() as cur, cur.connection.transaction():
             await cur.execute(DELETE_RUNS_SQL, {"runs": runs}, prepare=False)
             freed = await cur.fetchall()

@@ -141,7 +141,11 @@ async def test_a_request_notified_during_the_first_check_is_not_lost(database_ur
         async def snapshot_before_the_request(pool: Pool, thread_id: str) -> None:
             await sql(database_url, STORE_SILENTLY, thread_id)
             await sql(database_url, "SELECT pg_notify(%s, %s)", CHANNEL, channel_key(thread_id))
-            await asyncio.sleep(0.2)  # let the watch read the NOTIFY before this returns
+            # Let the watch read the NOTIFY before this returns (it notes it as heard).
+            for _ in range(1000):
+                if channel_key(thread_id) in watch._heard:
+                    break
+                await asyncio.sleep(0.01)
             return None  # as if read before the request committed
 
         assert await watch.lookup("racy", snapshot_before_the_request) is None

@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from checkpoints.locks import thread_is_busy
 from graph.runtime import open_warden
 from graph.settings import Settings
 from tests.conftest import REPO, call, turn
@@ -220,6 +221,12 @@ async def finish(lab: Lab, trial: Trial) -> None:
     """
     settings = Settings(database_url=lab.url, data_dir=lab.root / "data")
     async with open_warden(settings) as runtime:
+        # The killed process's session (and its thread lock) ends when Postgres sees the
+        # socket close: a moment after the kill, not at it.
+        deadline = time.monotonic() + 30
+        while await thread_is_busy(runtime.pool, trial.thread):
+            assert time.monotonic() < deadline, f"{trial.thread} stayed locked after the kill"
+            await asyncio.sleep(0.05)
         for _ in range(6):
             outcome = await runtime.status(trial.thread)
             if outcome.status == "in_progress":

@@ -34,17 +34,22 @@ import pytest
 from psycopg_pool import PoolTimeout
 
 from checkpoints.pool import open_pool
-from tests.conftest import call, turn
+from tests.conftest import REPO, call, turn
+from tests.support.gate_tools import GATE_ENV, reached
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 
 WARDEN = Path(sys.executable).parent / "warden"
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+# The third tool call waits at a gate (tests/support/gate_tools.py) that the test opens
+# only after it has stopped the database or ended the sessions: the outage provably
+# lands mid-run, whatever the machine's load (model delays could be outlasted).
 TURNS = [
-    {**turn(f"reading part {i}", call("read_file", path=f"part{i}.txt")), "delay_seconds": 0.4}
-    for i in range(6)
+    turn(f"reading part {i}", call("read_file", path=f"part{i}.txt")) for i in range(6)
 ] + [turn("all read")]
+TURNS[2] = turn("waiting at the gate", call("wait_for_gate", label="outage"))
+GATED_TOOLS = '[[tools]]\npath = "tests.support.gate_tools:wait_for_gate"\ntier = "read"\n'
 # Checkpoints of an uninterrupted run: input, loop start, then plan/act/observe per tool
 # turn, then plan and halt.
 TOTAL_CHECKPOINTS = 2 + 3 * (len(TURNS) - 1) + 2
@@ -191,29 +196,35 @@ def write_parts(workspace: Path) -> None:
         (workspace / f"part{i}.txt").write_text(f"part {i}\n")
 
 
-def start_run(env: dict[str, str], cwd: Path, script: Path, workspace: Path, thread: str) -> Any:
+def gated(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """Return the env, the config file and the gate for runs of TURNS."""
+    gate = tmp_path / "gate-open"
+    config = tmp_path / "gated.toml"
+    config.write_text(GATED_TOOLS)
+    return env | {GATE_ENV: str(gate), "PYTHONPATH": str(REPO)}, config, gate
+
+
+def wait_at_gate(gate: Path, proc: Any) -> None:
+    """Wait until the run is inside its gated tool call."""
+    deadline = time.monotonic() + 90
+    while not reached(gate).exists():
+        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the run never reached the gate"
+        time.sleep(0.05)
+
+
+def start_run(
+    env: dict[str, str], cwd: Path, script: Path, workspace: Path, thread: str, config: Path
+) -> Any:
     return subprocess.Popen(
         [
             str(WARDEN), "run", "read the notes", "--model", f"scripted:{script}",
-            "--workspace", str(workspace), "--thread-id", thread, "--no-input", "--json",
+            "--config", str(config), "--workspace", str(workspace), "--thread-id", thread,
+            "--no-input", "--json",
         ],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
-
-
-def wait_for_checkpoints(url: str, thread: str, at_least: int, proc: Any) -> int:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            seen = count_checkpoints(url, thread)
-        except psycopg.errors.UndefinedTable:  # the first process is still migrating
-            seen = 0
-        if seen >= at_least:
-            return seen
-        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"only {seen} checkpoints"
-        time.sleep(0.05)
 
 
 def assert_complete(outcome: dict[str, Any]) -> None:
@@ -228,16 +239,23 @@ def assert_complete(outcome: dict[str, Any]) -> None:
 def outage_run(
     env: dict[str, str], url_of: Any, stop: Any, tmp_path: Path, write_script: Any, workspace: Path
 ) -> tuple[str, int, str]:
-    """Start a run, stop the database mid-way; return thread, checkpoints seen, stderr."""
+    """Start a run, stop the database mid-way; return thread, checkpoints seen, stderr.
+
+    `env` must come from `gated` (the gate file in it is opened after the stop)."""
     script = write_script(TURNS)
     write_parts(workspace)
     thread = f"outage-{uuid.uuid4()}"
-    proc = start_run(env, tmp_path, script, workspace, thread)
+    proc = start_run(env, tmp_path, script, workspace, thread, tmp_path / "gated.toml")
+    gate = Path(env[GATE_ENV])
     try:
-        seen = wait_for_checkpoints(url_of(), thread, 6, proc)
+        wait_at_gate(gate, proc)
+        seen = count_checkpoints(url_of(), thread)
+        assert seen >= 6  # input, loop start, two turns of plan, act and observe, a plan
         stop()
+        gate.touch()
         _, stderr = proc.communicate(timeout=120)
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -251,7 +269,7 @@ def outage_run(
 def test_server_stopped_mid_run_then_resumed(
     server: PrivateServer, tmp_path: Path, write_script, workspace: Path
 ) -> None:
-    env = cli_env(tmp_path, url=server.url, data_dir=tmp_path / "data")
+    env, _, _ = gated(cli_env(tmp_path, url=server.url, data_dir=tmp_path / "data"), tmp_path)
     code, _, err = warden(env, tmp_path, "db", "migrate")
     assert code == 0, err
     thread, seen, _ = outage_run(
@@ -272,7 +290,7 @@ def test_server_stopped_mid_run_then_resumed(
 def test_embedded_stopped_mid_run_then_resumed(
     embedded: Embedded, tmp_path: Path, write_script, workspace: Path
 ) -> None:
-    env = cli_env(tmp_path, url=None, data_dir=embedded.data_dir)
+    env, _, _ = gated(cli_env(tmp_path, url=None, data_dir=embedded.data_dir), tmp_path)
     thread, seen, _ = outage_run(env, embedded.url, embedded.stop, tmp_path, write_script, workspace)
     # The next command starts the embedded server again, as on a user's machine.
     code, status, err = warden(env, tmp_path, "status", thread)
@@ -330,18 +348,23 @@ def test_sessions_terminated_mid_run_then_resume_completes(
     server: PrivateServer, tmp_path: Path, write_script, workspace: Path
 ) -> None:
     name = f"warden-terminate-{uuid.uuid4().hex[:8]}"
-    env = cli_env(tmp_path, url=f"{server.url}?application_name={name}", data_dir=tmp_path / "d")
+    env, config, gate = gated(
+        cli_env(tmp_path, url=f"{server.url}?application_name={name}", data_dir=tmp_path / "d"),
+        tmp_path,
+    )
     code, _, err = warden(env, tmp_path, "db", "migrate")
     assert code == 0, err
     script = write_script(TURNS)
     write_parts(workspace)
     thread = f"terminate-{uuid.uuid4()}"
-    proc = start_run(env, tmp_path, script, workspace, thread)
+    proc = start_run(env, tmp_path, script, workspace, thread, config)
     try:
-        wait_for_checkpoints(server.url, thread, 6, proc)
+        wait_at_gate(gate, proc)
         assert asyncio.run(_terminate_others(server.url, name)) >= 1
+        gate.touch()
         out, stderr = proc.communicate(timeout=120)
     finally:
+        gate.touch()
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

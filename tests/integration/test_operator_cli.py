@@ -20,8 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import call, turn
-from tests.integration.test_cli import WARDEN, Cli, concurrently, make_cli, one_line_error
+from tests.conftest import REPO, call, turn
+from tests.integration.test_cli import (
+    WARDEN,
+    Cli,
+    Result,
+    concurrently,
+    make_cli,
+    one_line_error,
+)
+from tests.support.gate_tools import GATE_ENV, reached
 
 pytestmark = pytest.mark.slow
 
@@ -66,35 +74,62 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, json.loads(out) if out.strip() else {}, err
 
 
-def wait_for_checkpoints(cli: Cli, thread_id: str, count: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 90
-    while cli.checkpoint_count(thread_id) < count:
-        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.05)
-
-
 # --- cancel a running run from another process -----------------------------------------
+
+
+def pending_requests(cli: Cli, thread_id: str) -> int:
+    with psycopg.connect(cli.database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM warden_cancel_requests WHERE thread_id = %s", (thread_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 @pytest.mark.parametrize("wait", [False, True], ids=["request", "wait"])
 def test_cancel_stops_a_running_run_at_its_next_node(
-    cli: Cli, write_script, workspace: Path, wait: bool
+    cli: Cli, write_script, workspace: Path, tmp_path: Path, wait: bool
 ) -> None:
+    """The run is held inside its third tool call (a gate the test opens) while the
+    request lands, so it is provably busy then, whatever the machine's load; it stops
+    at the next node boundary, after that call."""
     write_parts(workspace, 10)
-    script = write_script(reading_turns(10, delay=1.0))
+    turns = reading_turns(10, delay=0)
+    turns[2] = turn("waiting at the gate", call("wait_for_gate", label="third"), tokens=None)
+    script = write_script(turns)
+    gate = tmp_path / "gate-open"
+    config = tmp_path / "gated.toml"
+    config.write_text('[[tools]]\npath = "tests.support.gate_tools:wait_for_gate"\ntier = "read"\n')
     thread = f"busy-{uuid.uuid4()}"
+    cli.env |= {GATE_ENV: str(gate), "PYTHONPATH": str(REPO)}
     run = start(
-        cli, "run", "read every part", "--model", f"scripted:{script}",
+        cli, "run", "read every part", "--model", f"scripted:{script}", "--config", str(config),
         "--workspace", str(workspace), "--thread-id", thread, "--no-input", "--json",
     )  # fmt: skip
+    cancel_args = ["cancel", thread, "--reason", "wrong customer", "--json"]
     try:
-        wait_for_checkpoints(cli, thread, 5, run)  # the run is under way, in another process
-        asked = cli(
-            "cancel", thread, "--reason", "wrong customer", *(["--wait"] if wait else []), "--json"
-        )
+        # The run is under way in another process, inside its third tool call.
+        deadline = time.monotonic() + 90
+        while not reached(gate).exists():
+            assert run.poll() is None, f"run ended early: {run.communicate()}"
+            assert time.monotonic() < deadline, "the run never reached the gate"
+            time.sleep(0.05)
+        if wait:
+            waiting = start(cli, *cancel_args, "--wait")
+            deadline = time.monotonic() + 90
+            while pending_requests(cli, thread) == 0:
+                assert waiting.poll() is None, waiting.communicate()
+                assert time.monotonic() < deadline, "the cancel request was never stored"
+                time.sleep(0.05)
+            gate.touch()
+            out, err_text = waiting.communicate(timeout=120)
+            asked = Result(tuple(cancel_args), waiting.returncode, out, err_text)
+        else:
+            asked = cli(*cancel_args)
+            gate.touch()
         code, final, err = finish(run)
     finally:
+        gate.touch()
         if run.poll() is None:
             run.kill()
             run.wait()
@@ -112,12 +147,9 @@ def test_cancel_stops_a_running_run_at_its_next_node(
         # Only a node already under way when the request landed could still finish.
         assert final["usage"]["tool_calls"] <= requested["usage"]["tool_calls"] + 1
         assert final["usage"]["model_calls"] <= requested["usage"]["model_calls"] + 1
-    assert final["usage"]["model_calls"] < 11
-    with psycopg.connect(cli.database_url) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM warden_cancel_requests WHERE thread_id = %s", (thread,)
-        ).fetchone()
-    assert left == (0,)  # consumed when honoured
+    # The call under way when the request landed finished; nothing after it ran.
+    assert (final["usage"]["model_calls"], final["usage"]["tool_calls"]) == (3, 3)
+    assert pending_requests(cli, thread) == 0  # consumed when honoured
     assert cli.ok_json("status", thread, code=3)["halt_reason"] == "cancelled"
 
 

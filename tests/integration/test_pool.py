@@ -68,18 +68,19 @@ async def test_a_busy_pool_that_cannot_grow_makes_callers_wait_not_fail(database
     params = conninfo_to_dict(database_url)
     params["user"] = role
     pool = WardenPool(make_conninfo(**params), min_size=1, max_size=2, open=False)
-    pool.wait_slice = 0.2
+    # Slices ten times a hold: a slice with no return needs a half-second stall.
+    pool.wait_slice = 0.5
     await pool.open(wait=True, timeout=10)
     try:
 
         async def holder() -> None:
-            for _ in range(3):
+            for _ in range(6):
                 async with pool.connection() as conn:
-                    await conn.execute("SELECT pg_sleep(0.1)")
+                    await conn.execute("SELECT pg_sleep(0.05)")
 
         holders = [asyncio.create_task(holder()) for _ in range(20)]
         await asyncio.sleep(0.1)
-        async with pool.connection() as conn:  # queued behind ~2 s of work
+        async with pool.connection() as conn:  # queued behind ~2 s of work, several slices
             assert (await (await conn.execute("SELECT 1")).fetchone()) is not None
         await asyncio.gather(*holders)
         assert pool.get_stats().get("connections_errors", 0) >= 1  # growth was refused

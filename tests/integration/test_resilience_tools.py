@@ -186,7 +186,9 @@ async def test_retries_stop_at_the_run_time_budget(
         script,
         max_seconds=1.0,
     )
-    assert time.monotonic() - started < 1.5
+    # Minutes, not seconds, had the budget not stopped the backoff; the attempt count is
+    # the exact check (a bound near 1 s would also time compiling and checkpoint writes).
+    assert time.monotonic() - started < 5
     assert 2 <= len(ran) <= 3
     [message] = results(state)
     assert message.status == "error"

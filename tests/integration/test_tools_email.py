@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,17 +239,21 @@ async def test_arguments_are_validated_before_sending(
 
 async def test_config_timeout_reaches_the_smtp_exchange(tmp_path: Path) -> None:
     """`[email] timeout` bounds each exchange: a reply slower than it is in doubt."""
-    with smtp_server(hold=1.5) as (inbox, port):
+    gate = threading.Event()
+    with smtp_server(gate=gate) as (inbox, port):
         table = {"host": "127.0.0.1", "port": port, "sender": SENDER}
         [slow] = [
-            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 0.3}))
+            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 1.5}))
             if s.name == "send_email"
         ]
-        assert slow.timeout == pytest.approx(1.2)
-        with pytest.raises(ToolError, match="may or may not have been delivered"):
-            await slow.tool.ainvoke(ARGS)
+        assert slow.timeout == pytest.approx(6.0)
+        try:
+            with pytest.raises(ToolError, match="may or may not have been delivered"):
+                await slow.tool.ainvoke(ARGS)  # the reply to DATA never comes in time
+        finally:
+            gate.set()
         [patient] = [
-            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 5}))
+            s for s in build_toolset(tmp_path, tmp_path, ConfigFile(email={**table, "timeout": 30}))
             if s.name == "send_email"
         ]
         assert "email sent to alice@example.com" in await patient.tool.ainvoke(ARGS)

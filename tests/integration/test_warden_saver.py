@@ -4,7 +4,10 @@ capabilities on real Warden threads (DeltaChannel messages)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -389,3 +392,79 @@ async def test_delete_for_runs_keeps_a_trigger_value_another_run_references(
     kept = await saver.aget_tuple(config(thread))
     assert kept is not None and kept.metadata["run_id"] == "one"
     assert kept.checkpoint["channel_values"] == {"branch:to:node": None, "kept": ["value"]}
+
+
+def count_statements(saver: WardenSaver, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every statement the saver sends from now on."""
+    sent: list[str] = []
+    opened = saver._cursor
+
+    class Recording:
+        def __init__(self, cur: Any) -> None:
+            self._cur = cur
+
+        async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(str(query))
+            return await self._cur.execute(query, *args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._cur, name)
+
+    @asynccontextmanager
+    async def counting(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with opened(*args, **kwargs) as cur:
+            yield Recording(cur)
+
+    monkeypatch.setattr(saver, "_cursor", counting)
+    return sent
+
+
+async def test_a_super_step_is_one_statement(
+    saver: WardenSaver, database_url: str, workspace: Path, outbox: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task's writes go in with its step's checkpoint: one statement a step, and the
+    thread loads as it would have from writes stored on their own."""
+    sent = count_statements(saver, monkeypatch)
+    app, thread = await run_thread(saver, workspace, outbox, reads=2)
+    rows = await thread_rows(database_url, thread)
+    assert rows["checkpoint_writes"] > 0
+    stores = [q for q in sent if "INSERT" in q]
+    assert len(stores) == rows["checkpoints"], stores  # no statement of writes alone
+    # Every step after the input's took its tasks' writes along.
+    assert sum("INSERT INTO checkpoint_writes" in q for q in stores) == rows["checkpoints"] - 1
+    values = (await app.aget_state(config(thread))).values
+    assert values["halt_reason"] == "completed"
+    assert [m.type for m in values["messages"]] == ["human", *["ai", "tool"] * 2, "ai"]
+
+
+async def test_held_writes_are_stored_without_their_checkpoint(
+    saver: WardenSaver, database_url: str
+) -> None:
+    """Writes whose step never checkpoints (a cancelled run) are not lost: a read, a
+    special write, or `hold_at_most` seconds store them, in their order."""
+    thread = str(uuid.uuid4())
+    cp = empty_checkpoint()
+    stored = await saver.aput(config(thread), cp, {"source": "input"}, {})
+    saver.hold_at_most = 3600  # only a read or a special write stores them, at first
+    await saver.aput_writes(stored, [("items", "a")], "task-1", "~__pregel_pull, n")
+    assert (await thread_rows(database_url, thread))["checkpoint_writes"] == 0  # held
+    loaded = await saver.aget_tuple(stored)  # a read stores them first
+    assert loaded is not None and loaded.pending_writes == [("task-1", "items", "a")]
+    assert (await thread_rows(database_url, thread))["checkpoint_writes"] == 1
+
+    await saver.aput_writes(stored, [("items", "b")], "task-2", "~__pregel_pull, n")
+    await saver.aput_writes(stored, [("__error__", ValueError("x"))], "task-3", "~__pregel_pull, m")
+    assert (await thread_rows(database_url, thread))["checkpoint_writes"] == 3
+
+    saver.hold_at_most = 0.05
+    await saver.aput_writes(stored, [("items", "c")], "task-4", "~__pregel_pull, n")
+    deadline = time.monotonic() + 30
+    while (await thread_rows(database_url, thread))["checkpoint_writes"] < 4:  # no read needed
+        assert time.monotonic() < deadline, "held writes were never stored"
+        await asyncio.sleep(0.05)
+    loaded = await saver.aget_tuple(stored)
+    assert loaded is not None
+    assert sorted((t, c) for t, c, _ in loaded.pending_writes) == [
+        ("task-1", "items"), ("task-2", "items"), ("task-3", "__error__"), ("task-4", "items")
+    ]

@@ -288,22 +288,22 @@ def test_from_file_reports_config_errors(tmp_path: Path) -> None:
 
 
 async def test_delay_seconds_is_honoured_without_blocking_the_loop() -> None:
-    model = ScriptedChatModel.from_turns([{"content": "slow", "delay_seconds": 0.3}])
+    model = ScriptedChatModel.from_turns([{"content": "slow", "delay_seconds": 1.0}])
     started = time.perf_counter()
     replies = await asyncio.gather(model.ainvoke(PROMPT), model.ainvoke(PROMPT))
     elapsed = time.perf_counter() - started
     assert [r.content for r in replies] == ["slow", "slow"]
-    assert 0.29 <= elapsed < 0.59  # both waited, concurrently (in turn would take 0.6s)
+    assert 0.99 <= elapsed < 1.9  # both waited, concurrently (in turn would take 2s)
 
 
 async def test_delay_applies_only_to_its_turn() -> None:
-    model = ScriptedChatModel.from_turns([turn("fast"), {"content": "slow", "delay_seconds": 0.3}])
+    model = ScriptedChatModel.from_turns([turn("fast"), {"content": "slow", "delay_seconds": 1.0}])
     started = time.perf_counter()
     assert (await model.ainvoke(PROMPT, config=at_turn(0))).content == "fast"
-    assert time.perf_counter() - started < 0.2
+    assert time.perf_counter() - started < 0.9
     started = time.perf_counter()
     assert (await model.ainvoke(PROMPT, config=at_turn(1))).content == "slow"
-    assert time.perf_counter() - started >= 0.29
+    assert time.perf_counter() - started >= 0.99
 
 
 async def test_delayed_call_can_be_cut_off_by_wait_for() -> None:
