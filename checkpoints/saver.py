@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Error
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -15,6 +16,8 @@ from checkpoints.embedded import embedded_url
 from checkpoints.migrations import ensure_migrated, migrate
 from checkpoints.pool import open_pool
 from checkpoints.warden_saver import WardenSaver
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -50,4 +53,10 @@ async def open_saver(
         try:
             yield saver
         finally:
-            await saver.flush_held()  # a cancelled run's last writes, before the pool closes
+            # A cancelled run's last writes, before the pool closes. With the database
+            # gone they are lost, as in a crash a moment earlier: said, not raised over
+            # whatever ended the block.
+            try:
+                await saver.flush_held()
+            except Error as exc:
+                logger.warning("held checkpoint writes not stored: %s", exc)

@@ -627,14 +627,15 @@ class WardenSaver(DeltaHistorySaver):
         )
         if task_path and not any(channel in WRITES_IDX_MAP for channel, _ in writes):
             # A running task's ordinary writes: its step's checkpoint takes them along.
+            new: list[HeldRow] = [
+                (task_id, task_path, idx, channel, *self.serde.dumps_typed(stored_write(channel, value)))
+                for idx, (channel, value) in enumerate(writes)
+            ]
             held = self._held.get(key)
             if held is None:
                 self._held[key] = held = []
                 self.loop.call_later(self.hold_at_most, self._expire, key, held)
-            held += (
-                (task_id, task_path, idx, channel, *self.serde.dumps_typed(stored_write(channel, value)))
-                for idx, (channel, value) in enumerate(writes)
-            )
+            held += new
             return
         if self._held:
             await self._store_held(self._held.pop(key, None), key)  # keep the stock order
