@@ -348,11 +348,12 @@ def resume(
             payload = doc
             if approve or reject is not None:
                 current = await warden.status(thread_id)
-                if current.status == "in_progress":
-                    await warden.ensure_idle(thread_id)  # "busy" says more than "not awaiting"
-                    # Idle now: the process that was running it may have ended it since.
-                    current = await warden.status(thread_id)
                 if current.status != "awaiting_approval" or not current.pending_approval:
+                    if current.status == "in_progress":
+                        await warden.ensure_idle(thread_id)  # "busy" says more than that
+                        # Idle now: say where it stands now, but never approve a request
+                        # that came up since (nobody has seen it).
+                        current = await warden.status(thread_id)
                     raise BadInput(f"thread {thread_id} is not awaiting approval (status: {current.status})")
                 count = len(current.pending_approval["action_requests"])
                 one = {"type": "approve"} if approve else {"type": "reject", "message": reject or None}

@@ -343,9 +343,17 @@ class Warden:
         One process at a time: a second resume of the same thread (say, two reviewers
         approving at once) fails with ThreadBusy instead of running the call twice. A
         resume that cannot go ahead (an ended thread, decisions that do not fit the
-        request) is refused before the lock, so it never reports "busy".
+        request) is refused before the lock, so it never reports "busy", except when the
+        thread is not awaiting approval because another process is running it (it moved
+        past the approval since it was read): that is ThreadBusy, as it would be a moment
+        later under the lock.
         """
-        _, _, current = await self._check_resume(thread_id, decisions)
+        try:
+            _, _, current = await self._check_resume(thread_id, decisions)
+        except BadInput:
+            if decisions is not None:
+                await self.ensure_idle(thread_id)
+            raise
         if decisions is None and current.status == "awaiting_approval":
             return current
         async with thread_lock(self.pool, thread_id):

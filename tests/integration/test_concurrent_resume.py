@@ -94,3 +94,63 @@ def test_two_resumes_of_one_approval_run_it_once(
             message_id_for(recorded_key(database_url, thread, "call_1_1"), "warden.test")
         ) == 1
         assert len(inbox.messages) == 1
+
+
+def test_decisions_for_a_thread_another_process_is_running_say_busy(
+    database_url: str, write_script, workspace: Path, tmp_path: Path
+) -> None:
+    """A reviewer's decisions that arrive after another process took the approval and
+    moved on get "busy", not "not awaiting approval": the thread is mid-run, elsewhere.
+    (A second resume that read the request just before the first one took it lands here.)"""
+    script = write_script(
+        [
+            turn("tell ops", call("send_email", to="ops@example.com", subject="s", body="b")),
+            turn("ops told"),
+        ]
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "WARDEN_MODEL")}
+    env |= {"WARDEN_DATABASE_URL": database_url, "WARDEN_DATA_DIR": str(tmp_path / "data")}
+    thread = f"late-{uuid.uuid4()}"
+    gate = threading.Event()
+    with smtp_server(gate=gate) as (inbox, port):
+        config = tmp_path / "warden.toml"
+        config.write_text(
+            f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n'
+            f"timeout = {SMTP_TIMEOUT_S}\n"
+        )
+        first = subprocess.run(
+            [
+                str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
+                str(config), "--workspace", str(workspace), "--thread-id", thread,
+                "--no-input", "--json",
+            ],
+            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+        )
+        assert first.returncode == 4, first.stderr
+        winner = subprocess.Popen(
+            [str(WARDEN), "resume", thread, "--approve", "--reviewer", "first", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while not inbox.messages:  # the winner is mid-send: past the approval, locked
+                assert winner.poll() is None, winner.communicate()
+                assert time.monotonic() < deadline, "the approved email was never sent"
+                time.sleep(0.05)
+            late = subprocess.run(
+                [str(WARDEN), "resume", thread, "--decisions", "-", "--reviewer", "second"],
+                input=json.dumps({"decisions": [{"type": "approve"}]}),
+                capture_output=True, text=True, env=env, timeout=120,
+            )
+        finally:
+            gate.set()
+        assert winner.wait(timeout=120) == 0, winner.communicate()
+    assert (late.returncode, late.stderr.strip().splitlines()) == (
+        1,
+        [
+            f"error: thread {thread} is busy: another process is running it; retry when it "
+            f"stops, or `warden cancel {thread}`"
+        ],
+    ), late
+    assert len(inbox.messages) == 1
