@@ -348,12 +348,7 @@ class Warden:
         past the approval since it was read): that is ThreadBusy, as it would be a moment
         later under the lock.
         """
-        try:
-            _, _, current = await self._check_resume(thread_id, decisions)
-        except BadInput:
-            if decisions is not None:
-                await self.ensure_idle(thread_id)
-            raise
+        _, _, current = await self._check_resume(thread_id, decisions, before_lock=True)
         if decisions is None and current.status == "awaiting_approval":
             return current
         async with thread_lock(self.pool, thread_id):
@@ -375,9 +370,15 @@ class Warden:
             pass
 
     async def _check_resume(
-        self, thread_id: str, decisions: dict[str, Any] | None
+        self, thread_id: str, decisions: dict[str, Any] | None, *, before_lock: bool = False
     ) -> tuple[Context, Setup, RunOutcome]:
-        """Load a thread and refuse (BadInput) a resume that cannot go ahead."""
+        """Load a thread and refuse (BadInput) a resume that cannot go ahead.
+
+        `before_lock`: decisions for a thread that is mid-run raise ThreadBusy if another
+        process is running it. Only then: an ended thread, or decisions that do not fit,
+        are refused without touching the lock, which a concurrent command may hold for
+        a moment (a refusal must not turn into "busy").
+        """
         ctx, setup, snapshot = await self._load(thread_id)
         current = self._outcome(thread_id, snapshot, ctx)
         if current.status == "awaiting_approval":
@@ -385,6 +386,8 @@ class Warden:
                 self._check_decisions(setup, current.pending_approval, decisions)
             return ctx, setup, current
         if decisions is not None:
+            if before_lock and current.status == "in_progress":
+                await self.ensure_idle(thread_id)
             raise BadInput(
                 f"thread {thread_id} is not awaiting approval (status: {current.status})"
             )
