@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,9 +35,11 @@ WARDEN = Path(sys.executable).parent / "warden"
 SMTP_TIMEOUT_S = 110
 
 
-def test_two_resumes_of_one_approval_run_it_once(
-    database_url: str, write_script, workspace: Path, tmp_path: Path
-) -> None:
+def email_awaiting_approval(
+    database_url: str, write_script: Any, workspace: Path, tmp_path: Path, port: int, thread: str
+) -> dict[str, str]:
+    """Run `thread` until its email (to the SMTP server on `port`) awaits approval;
+    return the environment its resumes use."""
     script = write_script(
         [
             turn("tell ops", call("send_email", to="ops@example.com", subject="s", body="b")),
@@ -45,23 +48,30 @@ def test_two_resumes_of_one_approval_run_it_once(
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "WARDEN_MODEL")}
     env |= {"WARDEN_DATABASE_URL": database_url, "WARDEN_DATA_DIR": str(tmp_path / "data")}
+    config = tmp_path / "warden.toml"
+    config.write_text(
+        f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n'
+        f"timeout = {SMTP_TIMEOUT_S}\n"
+    )
+    first = subprocess.run(
+        [
+            str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
+            str(config), "--workspace", str(workspace), "--thread-id", thread,
+            "--no-input", "--json",
+        ],
+        capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert first.returncode == 4, first.stderr  # awaiting approval
+    return env
+
+
+def test_two_resumes_of_one_approval_run_it_once(
+    database_url: str, write_script, workspace: Path, tmp_path: Path
+) -> None:
     thread = f"race-{uuid.uuid4()}"
     gate = threading.Event()
     with smtp_server(gate=gate) as (inbox, port):
-        config = tmp_path / "warden.toml"
-        config.write_text(
-            f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n'
-            f"timeout = {SMTP_TIMEOUT_S}\n"
-        )
-        first = subprocess.run(
-            [
-                str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
-                str(config), "--workspace", str(workspace), "--thread-id", thread,
-                "--no-input", "--json",
-            ],
-            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
-        )
-        assert first.returncode == 4, first.stderr  # awaiting approval
+        env = email_awaiting_approval(database_url, write_script, workspace, tmp_path, port, thread)
         resumes = [
             subprocess.Popen(
                 [str(WARDEN), "resume", thread, "--approve", "--reviewer", f"r{i}", "--json"],
@@ -102,31 +112,10 @@ def test_decisions_for_a_thread_another_process_is_running_say_busy(
     """A reviewer's decisions that arrive after another process took the approval and
     moved on get "busy", not "not awaiting approval": the thread is mid-run, elsewhere.
     (A second resume that read the request just before the first one took it lands here.)"""
-    script = write_script(
-        [
-            turn("tell ops", call("send_email", to="ops@example.com", subject="s", body="b")),
-            turn("ops told"),
-        ]
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "WARDEN_MODEL")}
-    env |= {"WARDEN_DATABASE_URL": database_url, "WARDEN_DATA_DIR": str(tmp_path / "data")}
     thread = f"late-{uuid.uuid4()}"
     gate = threading.Event()
     with smtp_server(gate=gate) as (inbox, port):
-        config = tmp_path / "warden.toml"
-        config.write_text(
-            f'[email]\nhost = "127.0.0.1"\nport = {port}\nsender = "w@warden.test"\n'
-            f"timeout = {SMTP_TIMEOUT_S}\n"
-        )
-        first = subprocess.run(
-            [
-                str(WARDEN), "run", "tell ops", "--model", f"scripted:{script}", "--config",
-                str(config), "--workspace", str(workspace), "--thread-id", thread,
-                "--no-input", "--json",
-            ],
-            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL,
-        )
-        assert first.returncode == 4, first.stderr
+        env = email_awaiting_approval(database_url, write_script, workspace, tmp_path, port, thread)
         winner = subprocess.Popen(
             [str(WARDEN), "resume", thread, "--approve", "--reviewer", "first", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -35,7 +35,7 @@ from psycopg_pool import PoolTimeout
 
 from checkpoints.pool import open_pool
 from tests.conftest import REPO, call, turn
-from tests.support.gate_tools import GATE_ENV, reached
+from tests.support.gate_tools import GATE_ENV, wait_at_gate
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -202,15 +202,6 @@ def gated(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path, Pa
     config = tmp_path / "gated.toml"
     config.write_text(GATED_TOOLS)
     return env | {GATE_ENV: str(gate), "PYTHONPATH": str(REPO)}, config, gate
-
-
-def wait_at_gate(gate: Path, proc: Any) -> None:
-    """Wait until the run is inside its gated tool call."""
-    deadline = time.monotonic() + 90
-    while not reached(gate).exists():
-        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
-        assert time.monotonic() < deadline, "the run never reached the gate"
-        time.sleep(0.05)
 
 
 def start_run(

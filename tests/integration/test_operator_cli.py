@@ -29,7 +29,7 @@ from tests.integration.test_cli import (
     make_cli,
     one_line_error,
 )
-from tests.support.gate_tools import GATE_ENV, reached
+from tests.support.gate_tools import GATE_ENV, wait_at_gate
 
 pytestmark = pytest.mark.slow
 
@@ -109,11 +109,7 @@ def test_cancel_stops_a_running_run_at_its_next_node(
     cancel_args = ["cancel", thread, "--reason", "wrong customer", "--json"]
     try:
         # The run is under way in another process, inside its third tool call.
-        deadline = time.monotonic() + 90
-        while not reached(gate).exists():
-            assert run.poll() is None, f"run ended early: {run.communicate()}"
-            assert time.monotonic() < deadline, "the run never reached the gate"
-            time.sleep(0.05)
+        wait_at_gate(gate, run)
         if wait:
             waiting = start(cli, *cancel_args, "--wait")
             deadline = time.monotonic() + 90

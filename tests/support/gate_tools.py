@@ -9,8 +9,10 @@ model delays, which a loaded machine can outlast.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 GATE_ENV = "WARDEN_TEST_GATE"
 GATE_WAIT_S = 120.0
@@ -31,3 +33,12 @@ def wait_for_gate(label: str) -> str:
             raise TimeoutError(f"gate {gate} was never opened")
         time.sleep(0.02)
     return f"gate {label} open"
+
+
+def wait_at_gate(gate: Path, proc: subprocess.Popen[Any]) -> None:
+    """Wait until the run in `proc` is inside its gated tool call."""
+    deadline = time.monotonic() + 90
+    while not reached(gate).exists():
+        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the run never reached the gate"
+        time.sleep(0.05)
