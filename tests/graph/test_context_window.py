@@ -227,3 +227,30 @@ async def test_a_task_larger_than_the_budget_stops_clearly() -> None:
     assert result["halt_reason"] == "error"
     assert result["halt_detail"].startswith("context: the system prompt, tool schemas and task need")
     assert recorder.prompts == []
+
+
+async def test_a_finished_run_leaves_no_cached_grouping_of_its_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Memory: `plan` caches the grouping of the history it assembles (it holds the
+    # messages); `halt` drops it, so a finished run's history is not kept alive by the
+    # cache (a worker resuming long threads kept one per resume until eviction).
+    from collections import OrderedDict
+
+    from nodes import context_window
+
+    units: OrderedDict[int, Any] = OrderedDict()
+    monkeypatch.setattr(context_window, "_UNITS", units)
+    seen: list[int] = []
+    grouped = context_window.units_of
+
+    def spying_units_of(history: Any) -> Any:
+        out = grouped(history)
+        seen.append(len(units))
+        return out
+
+    monkeypatch.setattr(context_window, "units_of", spying_units_of)
+    result, _ = await run(3, context(3))
+    assert result["halt_reason"] == "completed"
+    assert seen and max(seen) == 1  # plan cached one grouping while the run went on
+    assert len(units) == 0
