@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, ToolMessage
+from langgraph.errors import GraphInterrupt
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
@@ -21,6 +22,7 @@ from graph.loops import args_hash
 from graph.routing import call_decision, needs_approval, pending_tool_calls, undecided_doubts
 from graph.state import ApprovalRecord, State, StopSignal
 from nodes.accounting import NodeClock
+from nodes.context_window import forget_history
 from nodes.results import tool_message
 from tools.registry import ToolRegistry
 
@@ -56,9 +58,15 @@ def make_approve_node(
             if call["id"] in doubts:
                 call["in_doubt"] = True
                 call["doubt_detail"] = doubts[call["id"]]["detail"]
-        answer: Any = interrupt(
-            build_request(pending, schemas), response_schema=response_schema(pending, args_models)
-        )
+        try:
+            answer: Any = interrupt(
+                build_request(pending, schemas), response_schema=response_schema(pending, args_models)
+            )
+        except GraphInterrupt:
+            # The run pauses here and resumes from its checkpoint, with new message
+            # objects: its cached history grouping would only be kept alive (see `halt`).
+            forget_history(state["messages"])
+            raise
         clock = NodeClock()
         now = datetime.now(UTC).isoformat()
         records: list[ApprovalRecord] = []

@@ -254,3 +254,24 @@ async def test_a_finished_run_leaves_no_cached_grouping_of_its_history(
     assert result["halt_reason"] == "completed"
     assert seen and max(seen) == 1  # plan cached one grouping while the run went on
     assert len(units) == 0
+
+
+async def test_a_run_paused_for_approval_leaves_no_cached_grouping(
+    monkeypatch: pytest.MonkeyPatch, workspace: Path, outbox: Path
+) -> None:
+    # A run that stops at `approve` resumes from its checkpoint with new message
+    # objects; its cached grouping is dropped when it pauses, not kept until eviction.
+    from collections import OrderedDict
+
+    from nodes import context_window
+    from tools.builtin import default_tools
+
+    units: OrderedDict[int, Any] = OrderedDict()
+    monkeypatch.setattr(context_window, "_UNITS", units)
+    email = {"to": "ops@example.com", "subject": "Incident", "body": "The disk is full."}
+    model = ScriptedChatModel.from_turns([turn("Emailing ops.", call("send_email", **email)), turn("sent")])
+    app = compile_graph(build_graph(model=model, tools=default_tools(workspace, outbox)), InMemorySaver())
+    cfg = {"configurable": {"thread_id": f"ctx-{uuid.uuid4().hex[:8]}"}}
+    paused = await app.ainvoke({"task": "tell ops"}, cfg, context=Context())
+    assert paused.get("__interrupt__"), paused
+    assert len(units) == 0
