@@ -229,18 +229,26 @@ async def test_a_task_larger_than_the_budget_stops_clearly() -> None:
     assert recorder.prompts == []
 
 
-async def test_a_finished_run_leaves_no_cached_grouping_of_its_history(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Memory: `plan` caches the grouping of the history it assembles (it holds the
-    # messages); `halt` drops it, so a finished run's history is not kept alive by the
-    # cache (a worker resuming long threads kept one per resume until eviction).
+@pytest.fixture
+def units(monkeypatch: pytest.MonkeyPatch) -> dict[int, Any]:
+    """An empty cache of grouped histories (`context_window._UNITS`) for this test."""
     from collections import OrderedDict
 
     from nodes import context_window
 
-    units: OrderedDict[int, Any] = OrderedDict()
-    monkeypatch.setattr(context_window, "_UNITS", units)
+    fresh: OrderedDict[int, Any] = OrderedDict()
+    monkeypatch.setattr(context_window, "_UNITS", fresh)
+    return fresh
+
+
+async def test_a_finished_run_leaves_no_cached_grouping_of_its_history(
+    monkeypatch: pytest.MonkeyPatch, units: dict[int, Any]
+) -> None:
+    # Memory: `plan` caches the grouping of the history it assembles (it holds the
+    # messages); `halt` drops it, so a finished run's history is not kept alive by the
+    # cache (a worker resuming long threads kept one per resume until eviction).
+    from nodes import context_window
+
     seen: list[int] = []
     grouped = context_window.units_of
 
@@ -257,17 +265,12 @@ async def test_a_finished_run_leaves_no_cached_grouping_of_its_history(
 
 
 async def test_a_run_paused_for_approval_leaves_no_cached_grouping(
-    monkeypatch: pytest.MonkeyPatch, workspace: Path, outbox: Path
+    units: dict[int, Any], workspace: Path, outbox: Path
 ) -> None:
     # A run that stops at `approve` resumes from its checkpoint with new message
     # objects; its cached grouping is dropped when it pauses, not kept until eviction.
-    from collections import OrderedDict
-
-    from nodes import context_window
     from tools.builtin import default_tools
 
-    units: OrderedDict[int, Any] = OrderedDict()
-    monkeypatch.setattr(context_window, "_UNITS", units)
     email = {"to": "ops@example.com", "subject": "Incident", "body": "The disk is full."}
     model = ScriptedChatModel.from_turns([turn("Emailing ops.", call("send_email", **email)), turn("sent")])
     app = compile_graph(build_graph(model=model, tools=default_tools(workspace, outbox)), InMemorySaver())
