@@ -72,13 +72,17 @@ def build_graph(
         # LangGraph's add_node overloads cannot see through a Callable type.
         builder.add_node(name, wrapped)  # type: ignore[call-overload]
 
-    def after_plan(state: State, runtime: Runtime[Context]) -> Literal["act", "approve", "halt"]:
+    # Async on purpose: LangGraph runs a sync router in a worker thread (one hop per
+    # step); these are a few dict reads, cheaper on the event loop than the hop.
+    async def after_plan(
+        state: State, runtime: Runtime[Context]
+    ) -> Literal["act", "approve", "halt"]:
         return route_after_plan(state, run_context(state, runtime.context), tiers)
 
-    def after_approve(state: State, runtime: Runtime[Context]) -> Literal["act", "plan", "halt"]:
+    async def after_approve(state: State, runtime: Runtime[Context]) -> Literal["act", "plan", "halt"]:
         return route_after_approve(state, run_context(state, runtime.context))
 
-    def after_observe(
+    async def after_observe(
         state: State, runtime: Runtime[Context]
     ) -> Literal["plan", "approve", "halt"]:
         return route_after_observe(state, run_context(state, runtime.context))

@@ -90,7 +90,8 @@ async def mark_halt(report: Mapping[str, Any]) -> None:
     await RunnableLambda(_identity).ainvoke(summary, config)
 
 
-def _identity(value: dict[str, Any]) -> dict[str, Any]:
+async def _identity(value: dict[str, Any]) -> dict[str, Any]:
+    # Async so the runnable does not hop to a worker thread to return its input.
     return value
 
 

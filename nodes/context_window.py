@@ -741,6 +741,18 @@ async def summarise(
     return record, usage
 
 
+def assemble_within(
+    assembler: Assembler, history: Sequence[AnyMessage], summaries: Sequence[dict[str, Any]]
+) -> Window:
+    """Assemble with the latest summary; without any when the summary leaves no room."""
+    try:
+        return assembler.assemble(history, summaries)
+    except ContextOverflowError:
+        if not summaries:
+            raise
+        return assembler.assemble(history, [])  # the summary left no room: cut instead
+
+
 async def build_prompt(
     *,
     ctx: Context,
@@ -763,33 +775,31 @@ async def build_prompt(
     history, and the first count loads the tokenizer's file (a model's own counter may
     even fetch one), which must not block the event loop the server's runs share.
     """
+    if ctx.summary_model is None:
+        # No summary can be due: one hop to the worker thread builds and assembles.
+        def build_and_assemble() -> Window:
+            return assemble_within(
+                Assembler(ctx=ctx, model=model, nonce=nonce, offered=offered), history, summaries
+            )
+
+        return await asyncio.to_thread(build_and_assemble)
     assembler = await asyncio.to_thread(Assembler, ctx=ctx, model=model, nonce=nonce, offered=offered)
     record: dict[str, Any] | None = None
     usage: dict[str, Any] = {}
     warning: str | None = None
-    if ctx.summary_model is not None:
-        units = await asyncio.to_thread(assembler.due, history, summaries)
-        if units:
-            previous, _ = latest_summary(summaries, history)
-            made = sum(1 for s in summaries if s.get("text"))
-            try:
-                summary_model = await asyncio.to_thread(resolve_summary_model, ctx.summary_model)
-                record, usage = await summarise(
-                    assembler, summary_model, units, previous, index=made, time_left=time_left, ctx=ctx
-                )
-            except Exception as exc:  # any failure falls back to truncation, by design
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                warning = f"context: summary failed ({first}); older work truncated instead"
-    used = [*summaries, record] if record else list(summaries)
-
-    def assemble() -> Window:
+    units = await asyncio.to_thread(assembler.due, history, summaries)
+    if units:
+        previous, _ = latest_summary(summaries, history)
+        made = sum(1 for s in summaries if s.get("text"))
         try:
-            return assembler.assemble(history, used)
-        except ContextOverflowError:
-            if not used:
-                raise
-            return assembler.assemble(history, [])  # the summary left no room: cut instead
-
-    window = await asyncio.to_thread(assemble)
+            summary_model = await asyncio.to_thread(resolve_summary_model, ctx.summary_model)
+            record, usage = await summarise(
+                assembler, summary_model, units, previous, index=made, time_left=time_left, ctx=ctx
+            )
+        except Exception as exc:  # any failure falls back to truncation, by design
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warning = f"context: summary failed ({first}); older work truncated instead"
+    used = [*summaries, record] if record else list(summaries)
+    window = await asyncio.to_thread(assemble_within, assembler, history, used)
     window.summary, window.usage, window.warning = record, usage, warning
     return window
