@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from bench.__main__ import BENCHMARKS
-from bench.checkpointing import memory, resume, run_time, storage, throughput
+from bench.checkpointing import (
+    SMALL_REPEATS,
+    memory,
+    repeated_small,
+    resume,
+    run_time,
+    storage,
+    throughput,
+)
 from bench.harness import Env, Line, render
 
 
@@ -38,3 +46,11 @@ def test_each_line_prints_figure_goal_verdict_and_stock() -> None:
 
 def test_the_issue_benchmarks_come_first_in_order() -> None:
     assert BENCHMARKS[:5] == [storage, run_time, throughput, resume, memory]
+
+
+async def test_line_2_repeats_the_smallest_runs_for_its_median() -> None:
+    # No checkpointer: both flavours run the real workload in memory.
+    env = Env(url="", savers={"warden": None, "stock": None}, args=argparse.Namespace())
+    again = await repeated_small(env, 2)
+    assert sorted(again) == ["stock", "warden"]
+    assert all(len(seconds) == SMALL_REPEATS and min(seconds) > 0 for seconds in again.values())
