@@ -22,6 +22,7 @@ from graph.state import InputState, State
 from nodes.act import make_act_node
 from nodes.approve import make_approve_node
 from nodes.cancellable import cancellable
+from nodes.context_window import forgets_history_on_exit
 from nodes.halt import make_halt_node
 from nodes.observe import observe
 from nodes.plan import ModelFactory, make_plan_node
@@ -54,7 +55,9 @@ def build_graph(
     # Every node, innermost first: honours a pending `warden cancel` at its boundary
     # (nodes.cancellable); turns its state update, a cancelled one included, into
     # hash-chained audit events (graph.audit); logs one line (`logged`); and counts
-    # into Prometheus metrics with its latency (`observed`).
+    # into Prometheus metrics with its latency (`observed`). A run that leaves a node by
+    # an exception (an approval pause, a cancelled task, an unhandled error) drops its
+    # cached history grouping (`forgets_history_on_exit`); `halt` does on a normal end.
     nodes: dict[str, Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]] = {
         "plan": make_plan_node(
             model=model,
@@ -68,7 +71,8 @@ def build_graph(
         "halt": make_halt_node(registry),
     }
     for name, node in nodes.items():
-        wrapped = observed(name, logged(name, audited(name, cancellable(name, node), tiers)))
+        inner = forgets_history_on_exit(cancellable(name, node))
+        wrapped = observed(name, logged(name, audited(name, inner, tiers)))
         # LangGraph's add_node overloads cannot see through a Callable type.
         builder.add_node(name, wrapped)  # type: ignore[call-overload]
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.messages import AIMessage, ToolMessage
-from langgraph.errors import GraphInterrupt
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
@@ -22,7 +21,6 @@ from graph.loops import args_hash
 from graph.routing import call_decision, needs_approval, pending_tool_calls, undecided_doubts
 from graph.state import ApprovalRecord, State, StopSignal
 from nodes.accounting import NodeClock
-from nodes.context_window import forget_history
 from nodes.results import tool_message
 from tools.registry import ToolRegistry
 
@@ -58,15 +56,11 @@ def make_approve_node(
             if call["id"] in doubts:
                 call["in_doubt"] = True
                 call["doubt_detail"] = doubts[call["id"]]["detail"]
-        try:
-            answer: Any = interrupt(
-                build_request(pending, schemas), response_schema=response_schema(pending, args_models)
-            )
-        except GraphInterrupt:
-            # The run pauses here and resumes from its checkpoint, with new message
-            # objects: its cached history grouping would only be kept alive (see `halt`).
-            forget_history(state["messages"])
-            raise
+        # The pause (GraphInterrupt) drops the run's cached history grouping on its way
+        # out (nodes.context_window.forgets_history_on_exit wraps every node).
+        answer: Any = interrupt(
+            build_request(pending, schemas), response_schema=response_schema(pending, args_models)
+        )
         clock = NodeClock()
         now = datetime.now(UTC).isoformat()
         records: list[ApprovalRecord] = []

@@ -25,7 +25,7 @@ import operator
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -210,6 +210,29 @@ def forget_history(history: Sequence[AnyMessage]) -> None:
     entry = _grouped_prefix(history) if history else None
     if entry is not None:
         _UNITS.pop(id(entry.history[-1]), None)
+
+
+NodeFn = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+"""A graph node: (state, runtime) -> its state update."""
+
+
+def forgets_history_on_exit(node: NodeFn) -> NodeFn:
+    """Wrap a node so that a run leaving it by an exception drops its cached grouping.
+
+    `halt` drops it when a run ends normally. A run also stops by pausing for approval
+    (`approve` raises GraphInterrupt), by being cancelled (CancelledError, e.g. a worker
+    shutting down) or by an error no node handles; it resumes, if ever, from its
+    checkpoint with new message objects, so its entry could only be kept alive.
+    """
+
+    async def wrapped(state: Any, runtime: Any) -> dict[str, Any]:
+        try:
+            return await node(state, runtime)
+        except BaseException:
+            forget_history(state.get("messages") or [])
+            raise
+
+    return wrapped
 
 
 def units_of(history: Sequence[AnyMessage]) -> list[Unit]:

@@ -10,6 +10,7 @@ summariser falls back to truncation.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -277,4 +278,28 @@ async def test_a_run_paused_for_approval_leaves_no_cached_grouping(
     cfg = {"configurable": {"thread_id": f"ctx-{uuid.uuid4().hex[:8]}"}}
     paused = await app.ainvoke({"task": "tell ops"}, cfg, context=Context())
     assert paused.get("__interrupt__"), paused
+    assert len(units) == 0
+
+
+async def test_a_cancelled_run_leaves_no_cached_grouping(units: dict[int, Any]) -> None:
+    # A run cancelled mid-tool (a worker shutting down, a client gone) never reaches
+    # `halt`; leaving its node by the exception drops its cached grouping all the same.
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(i: int) -> str:
+        """Wait until released."""
+        started.set()
+        await release.wait()
+        return f"record {i}"
+
+    model = ScriptedChatModel.from_turns([turn("", call("slow", i=1)), turn("done")])
+    tool = ToolSpec(tool=StructuredTool.from_function(coroutine=slow, name="slow", description="Slow."), tier="read")
+    app = compile_graph(build_graph(model=model, tools=[tool]), InMemorySaver())
+    cfg = {"configurable": {"thread_id": f"ctx-{uuid.uuid4().hex[:8]}"}}
+    run = asyncio.create_task(app.ainvoke({"task": "fetch one slowly"}, cfg, context=Context()))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    assert len(units) == 1  # plan cached the grouping; the run is inside `act`
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
     assert len(units) == 0
