@@ -77,7 +77,8 @@ def build_graph(
         builder.add_node(name, wrapped)  # type: ignore[call-overload]
 
     # Async on purpose: LangGraph runs a sync router in a worker thread (one hop per
-    # step); these are a few dict reads, cheaper on the event loop than the hop.
+    # step). These check the latest turn and the usage counters, work far cheaper on
+    # the event loop than the hop (tests/graph/test_event_loop.py).
     async def after_plan(
         state: State, runtime: Runtime[Context]
     ) -> Literal["act", "approve", "halt"]:
