@@ -21,7 +21,7 @@ from graph.routing import route_after_approve, route_after_observe, route_after_
 from graph.state import InputState, State
 from nodes.act import make_act_node
 from nodes.approve import make_approve_node
-from nodes.cancellable import cancellable
+from nodes.cancellable import EXIT_NODE, cancellable
 from nodes.context_window import forgets_history_on_exit
 from nodes.halt import make_halt_node
 from nodes.observe import observe
@@ -55,9 +55,10 @@ def build_graph(
     # Every node, innermost first: honours a pending `warden cancel` at its boundary
     # (nodes.cancellable); turns its state update, a cancelled one included, into
     # hash-chained audit events (graph.audit); logs one line (`logged`); and counts
-    # into Prometheus metrics with its latency (`observed`). A run that leaves a node by
-    # an exception (an approval pause, a cancelled task, an unhandled error) drops its
-    # cached history grouping (`forgets_history_on_exit`); `halt` does on a normal end.
+    # into Prometheus metrics with its latency (`observed`). A run leaving the graph,
+    # through `halt` or by an exception from any node (an approval pause, a cancelled
+    # task, an unhandled error), drops its cached history grouping
+    # (`forgets_history_on_exit`).
     nodes: dict[str, Callable[[State, Runtime[Context]], Awaitable[dict[str, Any]]]] = {
         "plan": make_plan_node(
             model=model,
@@ -71,7 +72,7 @@ def build_graph(
         "halt": make_halt_node(registry),
     }
     for name, node in nodes.items():
-        inner = forgets_history_on_exit(cancellable(name, node))
+        inner = forgets_history_on_exit(cancellable(name, node), ends_run=name == EXIT_NODE)
         wrapped = observed(name, logged(name, audited(name, inner, tiers)))
         # LangGraph's add_node overloads cannot see through a Callable type.
         builder.add_node(name, wrapped)  # type: ignore[call-overload]

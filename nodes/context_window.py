@@ -216,21 +216,25 @@ NodeFn = Callable[[Any, Any], Awaitable[dict[str, Any]]]
 """A graph node: (state, runtime) -> its state update."""
 
 
-def forgets_history_on_exit(node: NodeFn) -> NodeFn:
-    """Wrap a node so that a run leaving it by an exception drops its cached grouping.
+def forgets_history_on_exit(node: NodeFn, *, ends_run: bool = False) -> NodeFn:
+    """Wrap a node so that a run leaving the graph through it drops its cached grouping.
 
-    `halt` drops it when a run ends normally. A run also stops by pausing for approval
-    (`approve` raises GraphInterrupt), by being cancelled (CancelledError, e.g. a worker
-    shutting down) or by an error no node handles; it resumes, if ever, from its
-    checkpoint with new message objects, so its entry could only be kept alive.
+    A run leaves through the node that ends runs (`ends_run`: `halt`) when it returns,
+    and through any node by an exception: a pause for approval (`approve` raises
+    GraphInterrupt), a cancelled task (e.g. a worker shutting down) or an error no node
+    handles. It resumes, if ever, from its checkpoint with new message objects, so its
+    entry could only be kept alive (see `forget_history`).
     """
 
     async def wrapped(state: Any, runtime: Any) -> dict[str, Any]:
         try:
-            return await node(state, runtime)
+            update = await node(state, runtime)
         except BaseException:
             forget_history(state.get("messages") or [])
             raise
+        if ends_run:
+            forget_history(state.get("messages") or [])
+        return update
 
     return wrapped
 

@@ -13,7 +13,6 @@ from graph.routing import diagnose, pending_tool_calls
 from graph.state import State
 from graph.tracing import mark_halt
 from nodes.accounting import NodeClock, run_profile
-from nodes.context_window import forget_history
 from tools.registry import ToolRegistry
 
 
@@ -55,8 +54,6 @@ def make_halt_node(
             "profile": run_profile(usage),
         }
         await mark_halt(report)
-        # The run's prompt assembly is over: its cached grouping need not outlive it.
-        forget_history(state["messages"])
         return {
             "messages": unanswered,
             "halt_reason": verdict.reason,
