@@ -120,21 +120,31 @@ SMALL_REPEATS = 9
 """Extra interleaved runs of the smallest size, for a median beside the single run."""
 
 
+BARE = "warden_no_checkpointer"
+"""Line [2]'s third series: the Warden graph compiled with no checkpointer at all."""
+
+
 async def repeated_small(env: Env, calls: int) -> dict[str, list[float]]:
     """Seconds of SMALL_REPEATS more runs of `calls` calls per flavour, interleaved.
 
     A 10-call run takes tens of milliseconds, so one run's ratio moves with the
     machine's noise; these runs are a detail beside line [2]'s figure, not a new figure.
+    A third series (`BARE`) runs the Warden graph with no checkpointer, so with no
+    audit trail or spend ledger either (both live in the saver's database): the graph's
+    own work, what no saver change can take away.
     """
     tool = make_tool(OBS_BYTES)
-    out: dict[str, list[float]] = {flavour: [] for flavour in FLAVOURS}
+    series = {**{flavour: env.savers[flavour] for flavour in FLAVOURS}, BARE: None}
+    out: dict[str, list[float]] = {name: [] for name in series}
+    order = list(series)
     for k in range(SMALL_REPEATS):
-        for flavour in FLAVOURS if k % 2 == 0 else FLAVOURS[::-1]:
-            runner = runner_for(flavour, make_model(calls), tool, env.savers[flavour], calls)
+        for name in order if k % 2 == 0 else order[::-1]:
+            flavour = "stock" if name == "stock" else "warden"
+            runner = runner_for(flavour, make_model(calls), tool, series[name], calls)
             gc.collect()
             t0 = time.perf_counter()
-            result = await runner.start(f"{flavour}-small-{uuid.uuid4().hex[:8]}")
-            out[flavour].append(time.perf_counter() - t0)
+            result = await runner.start(f"{name}-small-{uuid.uuid4().hex[:8]}")
+            out[name].append(time.perf_counter() - t0)
             runner.check(result, calls)
     return out
 
@@ -146,7 +156,7 @@ async def run_time(env: Env) -> Line:
     small, big = sizes(env)[0], sizes(env)[-1]
     ratio = {n: runs[n]["warden"]["seconds"] / runs[n]["stock"]["seconds"] for n in runs}
     again = await repeated_small(env, small)
-    median = {flavour: pct(again[flavour], 0.5) for flavour in FLAVOURS}
+    median = {name: pct(seconds, 0.5) for name, seconds in again.items()}
     met = ratio[small] <= 1.0 and ratio[big] <= 0.25
     return Line(
         title="run time: warden / stock, same runs as [1]",
@@ -163,11 +173,15 @@ async def run_time(env: Env) -> Line:
             f"{small} calls, median of {SMALL_REPEATS} more interleaved runs each: warden "
             f"{median['warden'] * 1000:.0f} ms, stock {median['stock'] * 1000:.0f} ms, "
             f"{median['warden'] / median['stock']:.2f}x",
+            f"{small} calls, warden with no checkpointer (so no audit trail or spend ledger "
+            f"either), median of {SMALL_REPEATS}: {median[BARE] * 1000:.0f} ms, "
+            f"{median[BARE] / median['stock']:.2f}x stock with its saver",
         ],
         data={
             "ratio": {str(n): r for n, r in ratio.items()},
             f"repeated_{small}_calls_seconds": again,
             f"repeated_{small}_calls_median_ratio": median["warden"] / median["stock"],
+            f"repeated_{small}_calls_no_checkpointer_ratio": median[BARE] / median["stock"],
         },
     )
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from langgraph.checkpoint.memory import InMemorySaver
+
 from bench.__main__ import BENCHMARKS
 from bench.checkpointing import (
+    BARE,
     SMALL_REPEATS,
     memory,
     repeated_small,
@@ -49,8 +52,13 @@ def test_the_issue_benchmarks_come_first_in_order() -> None:
 
 
 async def test_line_2_repeats_the_smallest_runs_for_its_median() -> None:
-    # No checkpointer: both flavours run the real workload in memory.
-    env = Env(url="", savers={"warden": None, "stock": None}, args=argparse.Namespace())
+    # In-memory savers: both flavours run the real workload without a database.
+    savers = {"warden": InMemorySaver(), "stock": InMemorySaver()}
+    env = Env(url="", savers=savers, args=argparse.Namespace())
     again = await repeated_small(env, 2)
-    assert sorted(again) == ["stock", "warden"]
+    assert sorted(again) == ["stock", "warden", BARE]
     assert all(len(seconds) == SMALL_REPEATS and min(seconds) > 0 for seconds in again.values())
+    # Each flavour's runs went through its own saver; the bare series through none.
+    threads = {name: {t for t in saver.storage if t.startswith(("warden", "stock"))} for name, saver in savers.items()}
+    assert len(threads["warden"]) == len(threads["stock"]) == SMALL_REPEATS
+    assert all(t.startswith("warden-small-") for t in threads["warden"])
