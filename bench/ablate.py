@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import statistics
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import graph.audit
 import nodes.plan
-from bench.checkpointing import OBS_BYTES, runner_for
+from bench.checkpointing import interleaved
 from bench.db import fresh_database
 from bench.harness import log
-from bench.workload import make_model, make_tool
 from checkpoints.saver import open_saver
 
 # name: (flavour, saver key, audit on, spend ledger on)
@@ -63,30 +59,27 @@ def switched_off(*, audit: bool, spend: bool) -> Iterator[None]:
 
 
 async def ablate(savers: dict[str, Any], runs: int, calls: int = 10) -> dict[str, dict[str, Any]]:
-    """Run every variant `runs` times (plus one warm-up each), interleaved; return per
+    """Run every variant `runs` times (after one warm-up round), interleaved; return per
     variant the wall and CPU milliseconds of each run and the threads it used."""
-    tool = make_tool(OBS_BYTES)
-    out: dict[str, dict[str, Any]] = {
-        name: {"wall_ms": [], "cpu_ms": [], "threads": []} for name in VARIANTS
+
+    def during(name: str) -> AbstractContextManager[None]:
+        _, _, audit, spend = VARIANTS[name]
+        return switched_off(audit=not audit, spend=not spend)
+
+    series = {
+        name: (flavour, savers[key] if key else None)
+        for name, (flavour, key, _, _) in VARIANTS.items()
     }
-    order = list(VARIANTS)
-    for k in range(runs + 1):
-        for name in order if k % 2 == 0 else order[::-1]:
-            flavour, key, audit, spend = VARIANTS[name]
-            saver = savers[key] if key else None
-            runner = runner_for(flavour, make_model(calls), tool, saver, calls)
-            thread = f"ablate-{uuid.uuid4().hex[:8]}"
-            with switched_off(audit=not audit, spend=not spend):
-                gc.collect()
-                wall, cpu = time.perf_counter(), time.process_time()
-                result = await runner.start(thread)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            runner.check(result, calls)
-            if k:  # the first round warms up every variant
-                out[name]["wall_ms"].append(wall * 1000)
-                out[name]["cpu_ms"].append(cpu * 1000)
-                out[name]["threads"].append(thread)
-    return out
+    found = await interleaved(series, runs + 1, calls, tag="ablate", during=during)
+    # The first round warms up every variant.
+    return {
+        name: {
+            "wall_ms": [s * 1000 for s in timed["wall_s"][1:]],
+            "cpu_ms": [s * 1000 for s in timed["cpu_s"][1:]],
+            "threads": timed["threads"][1:],
+        }
+        for name, timed in found.items()
+    }
 
 
 async def amain(args: argparse.Namespace) -> None:

@@ -12,6 +12,8 @@ import gc
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from bench.db import thread_storage
@@ -124,6 +126,40 @@ BARE = "warden_no_checkpointer"
 """Line [2]'s third series: the Warden graph compiled with no checkpointer at all."""
 
 
+async def interleaved(
+    series: Mapping[str, tuple[str, Any]],
+    rounds: int,
+    calls: int,
+    *,
+    tag: str,
+    during: Callable[[str], AbstractContextManager[Any]] = lambda name: nullcontext(),
+) -> dict[str, dict[str, list[Any]]]:
+    """Run each named (flavour, saver) series `rounds` times on the workload, the order
+    reversed every other round so that neither goes first; return, per series, each
+    run's wall and process CPU seconds and its thread (`{name}-{tag}-...`). `during(name)`
+    is entered around each of that series' runs."""
+    tool = make_tool(OBS_BYTES)
+    out: dict[str, dict[str, list[Any]]] = {
+        name: {"wall_s": [], "cpu_s": [], "threads": []} for name in series
+    }
+    order = list(series)
+    for k in range(rounds):
+        for name in order if k % 2 == 0 else order[::-1]:
+            flavour, saver = series[name]
+            runner = runner_for(flavour, make_model(calls), tool, saver, calls)
+            thread = f"{name}-{tag}-{uuid.uuid4().hex[:8]}"
+            with during(name):
+                gc.collect()
+                wall, cpu = time.perf_counter(), time.process_time()
+                result = await runner.start(thread)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            runner.check(result, calls)
+            out[name]["wall_s"].append(wall)
+            out[name]["cpu_s"].append(cpu)
+            out[name]["threads"].append(thread)
+    return out
+
+
 async def repeated_small(env: Env, calls: int) -> dict[str, list[float]]:
     """Seconds of SMALL_REPEATS more runs of `calls` calls per flavour, interleaved.
 
@@ -133,20 +169,12 @@ async def repeated_small(env: Env, calls: int) -> dict[str, list[float]]:
     audit trail or spend ledger either (both live in the saver's database): the graph's
     own work, what no saver change can take away.
     """
-    tool = make_tool(OBS_BYTES)
-    series = {**{flavour: env.savers[flavour] for flavour in FLAVOURS}, BARE: None}
-    out: dict[str, list[float]] = {name: [] for name in series}
-    order = list(series)
-    for k in range(SMALL_REPEATS):
-        for name in order if k % 2 == 0 else order[::-1]:
-            flavour = "stock" if name == "stock" else "warden"
-            runner = runner_for(flavour, make_model(calls), tool, series[name], calls)
-            gc.collect()
-            t0 = time.perf_counter()
-            result = await runner.start(f"{name}-small-{uuid.uuid4().hex[:8]}")
-            out[name].append(time.perf_counter() - t0)
-            runner.check(result, calls)
-    return out
+    series = {
+        **{flavour: (flavour, env.savers[flavour]) for flavour in FLAVOURS},
+        BARE: ("warden", None),
+    }
+    found = await interleaved(series, SMALL_REPEATS, calls, tag="small")
+    return {name: runs["wall_s"] for name, runs in found.items()}
 
 
 async def run_time(env: Env) -> Line:
